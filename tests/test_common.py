@@ -7,13 +7,14 @@ def test_torchrun_two_processes_gloo(tmp_path, base_env):
     script = tmp_path / "ddp_check.py"
     script.write_text(textwrap.dedent("""
         import json, os, sys, torch, torch.distributed as dist
-        from nanochat_nb.common import compute_init, compute_cleanup, print0
+        from nanochat_nb.common import all_gather_objects, compute_init, compute_cleanup, print0
         ddp, rank, local_rank, world, device = compute_init("cpu")
         t = torch.tensor([float(rank + 1)])
         dist.all_reduce(t)
         print0("world", world)
         with open(sys.argv[1] + f".{rank}", "w") as f:
-            json.dump(dict(ddp=ddp, rank=rank, local_rank=local_rank, world=world, backend=dist.get_backend(), total=t.item()), f)
+            json.dump(dict(ddp=ddp, rank=rank, local_rank=local_rank, world=world, backend=dist.get_backend(), total=t.item(),
+                           gathered=all_gather_objects({"r": rank})), f)
         compute_cleanup()
     """))
     out = tmp_path / "result"
@@ -26,6 +27,7 @@ def test_torchrun_two_processes_gloo(tmp_path, base_env):
     res = [json.loads((tmp_path / f"result.{r}").read_text()) for r in range(2)]
     assert [r["rank"] for r in res] == [0, 1] and all(r["ddp"] and r["world"] == 2 for r in res)
     assert all(r["backend"] == "gloo" and r["total"] == 3.0 for r in res)
+    assert all(r["gathered"] == [{"r": 0}, {"r": 1}] for r in res)
 
 
 def test_wandb_offline_run(tmp_path, monkeypatch):
