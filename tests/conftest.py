@@ -1,7 +1,9 @@
 """Shared fixtures: a real HTTP server on 127.0.0.1 with fault injection, and a runner for the package's CLIs."""
 import http.server, os, subprocess, sys, threading
+from dataclasses import asdict
 from pathlib import Path
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -45,12 +47,41 @@ def http_server(tmp_path):
     srv.shutdown()
 
 
+def cli_env(base) -> dict:
+    """Environment for CLI subprocesses: base dir `base`, nothing inherited that would redirect data, dtype or ranks,
+    one BLAS thread (tests run beside each other), no wandb network."""
+    drop = ("NANOCHAT_DATA_DIR", "NANOCHAT_DTYPE", "NANOCHAT_TASKS_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(NANOCHAT_BASE_DIR=str(base), OMP_NUM_THREADS="1", WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    return env
+
+
 @pytest.fixture
 def base_env(tmp_path):
-    """Environment for CLI subprocesses: a private base dir, no inherited data dir, no wandb network."""
-    env = {k: v for k, v in os.environ.items() if k not in ("NANOCHAT_DATA_DIR", "NANOCHAT_DTYPE", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(NANOCHAT_BASE_DIR=str(tmp_path / "base"), WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    return env
+    return cli_env(tmp_path / "base")
+
+
+def tiny_checkpoint(base: Path, phase_dir: str, corpus_chars: int, vocab_size: int, nudge: float = 0.0):
+    """Under `base`: an embedded corpus of `corpus_chars`, a tokenizer trained on half of it, and a random d2 GPT
+    (weights moved by `nudge` x randn, so it is not the flat initial model) saved as `<phase_dir>/d2` step 0."""
+    from nanochat_nb.checkpoint import save_checkpoint
+    from nanochat_nb.dataset import iter_documents, write_synthetic_corpus
+    from nanochat_nb.gpt import GPTConfig, build_model
+    from nanochat_nb.tokenizer import Tokenizer
+    half = corpus_chars // 2
+    write_synthetic_corpus(corpus_chars, shard_chars=half, data_dir=base / "base_data", num_workers=1, verbose=False)
+    tok = Tokenizer.train_from_iterator(iter_documents("train", max_chars=half, data_dir=base / "base_data"), vocab_size)
+    tok.save(base / "tokenizer")
+    torch.manual_seed(0)
+    cfg = GPTConfig(sequence_len=256, vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_kv_head=2, n_embd=64,
+                    window_pattern="L")
+    model = build_model(cfg, "cpu")
+    if nudge:
+        with torch.no_grad():
+            for p in model.parameters(): p.add_(nudge * torch.randn_like(p))
+    save_checkpoint(base / phase_dir / "d2", 0, model.state_dict(), None,
+                    dict(step=0, model_config=asdict(cfg), tokenizer_dir=str(base / "tokenizer")))
+    return tok
 
 
 def run_module(module, *args, env=None, timeout=300, check=True):

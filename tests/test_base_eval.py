@@ -1,17 +1,11 @@
 """base_eval as a user runs it: the CLI on a tiny checkpoint, the shared CORE bundle (when present), downloading the
 bundle from a local server, the offline error, bad flags, and torchrun with two processes giving the same numbers."""
-import json, os, shutil, socket, subprocess, zipfile
-from dataclasses import asdict
+import json, shutil, socket, subprocess, zipfile
 from pathlib import Path
 import pytest
-import torch
 
-from conftest import SHARED_DATA, run_module
-from nanochat_nb.checkpoint import save_checkpoint
-from nanochat_nb.dataset import iter_documents, write_synthetic_corpus
+from conftest import SHARED_DATA, cli_env, run_module, tiny_checkpoint
 from nanochat_nb.evaluate import CORE_NUM_TASKS, SAMPLE_TASKS, centered_score, write_sample_bundle
-from nanochat_nb.gpt import GPTConfig, build_model
-from nanochat_nb.tokenizer import Tokenizer
 
 SHARED_BUNDLE = SHARED_DATA / "eval_bundle"
 QUICK = ["--device-type", "cpu", "--device-batch-size", "2", "--split-tokens", "1024"]
@@ -21,17 +15,9 @@ QUICK = ["--device-type", "cpu", "--device-batch-size", "2", "--split-tokens", "
 def prepared(tmp_path_factory):
     """A base dir with a small corpus, a 1,024-token tokenizer and a random d2 checkpoint (base_checkpoints/d2, step 0)."""
     base = tmp_path_factory.mktemp("base")
-    write_synthetic_corpus(1_000_000, shard_chars=500_000, data_dir=base / "base_data", num_workers=1, verbose=False)
-    tok = Tokenizer.train_from_iterator(iter_documents("train", max_chars=500_000, data_dir=base / "base_data"), 1024)
-    tok.save(base / "tokenizer")
-    torch.manual_seed(0)
-    cfg = GPTConfig(sequence_len=256, vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_kv_head=2, n_embd=64,
-                    window_pattern="L")
-    save_checkpoint(base / "base_checkpoints" / "d2", 0, build_model(cfg, "cpu").state_dict(), None,
-                    dict(step=0, model_config=asdict(cfg), tokenizer_dir=str(base / "tokenizer")))
+    tiny_checkpoint(base, "base_checkpoints", 1_000_000, 1024)
     sample = write_sample_bundle(tmp_path_factory.mktemp("bundle") / "sample")
-    env = {k: v for k, v in os.environ.items() if k not in ("NANOCHAT_DATA_DIR", "NANOCHAT_DTYPE", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(NANOCHAT_BASE_DIR=str(base), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = cli_env(base)
     return base, env, sample
 
 

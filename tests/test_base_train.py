@@ -1,10 +1,9 @@
 """base_train as a user runs it: the CLI on the embedded corpus, its errors, --dry-run, exact resume, torchrun."""
-import json, shutil, subprocess, sys
-from pathlib import Path
+import json, shutil, subprocess
 import pytest
 import torch
 
-from conftest import run_module
+from conftest import cli_env, run_module
 
 TINY = ["--depth", "2", "--head-dim", "32", "--max-seq-len", "64", "--window-pattern", "L", "--device-batch-size", "4",
         "--total-batch-size", "512", "--warmup-steps", "2", "--sample-every", "-1", "--device-type", "cpu"]
@@ -14,8 +13,7 @@ TINY = ["--depth", "2", "--head-dim", "32", "--max-seq-len", "64", "--window-pat
 def prepared(tmp_path_factory):
     """A base dir with a small embedded corpus and a tokenizer trained on it (made once for this module)."""
     base = tmp_path_factory.mktemp("base")
-    env = {**__import__("os").environ, "NANOCHAT_BASE_DIR": str(base), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    env.pop("NANOCHAT_DATA_DIR", None)
+    env = cli_env(base)
     run_module("dataset", "--synthetic", "--chars", "3e6", "--shard-chars", "1e6", "-w", "1", env=env)
     run_module("tok_train", "--max-chars", "1e6", "--vocab-size", "512", env=env)
     return base, env

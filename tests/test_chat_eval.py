@@ -2,18 +2,15 @@
 scoring against one prompt at a time, perfect replies to real GSM8K and HumanEval problems, the offline error, bad
 flags, and torchrun with two processes giving the same accuracies as one."""
 import json, os, random, shutil, socket, subprocess
-from dataclasses import asdict
 from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import SHARED_DATA, run_module
+from conftest import SHARED_DATA, cli_env, run_module, tiny_checkpoint
 from nanochat_nb.chat_eval import load_task, predict_letters, run_categorical_eval, run_generative_eval
-from nanochat_nb.checkpoint import load_model, save_checkpoint
-from nanochat_nb.dataset import iter_documents, write_synthetic_corpus
-from nanochat_nb.gpt import GPTConfig, build_model
+from nanochat_nb.checkpoint import load_model
 from nanochat_nb.tasks import parts_text
 from nanochat_nb.tokenizer import Tokenizer
 
@@ -56,22 +53,10 @@ def write_task_copies(root: Path):
 def prepared(tmp_path_factory):
     """A base dir with a 512-token tokenizer and a d2 GPT (weights nudged off init) as chatsft_checkpoints/d2 step 0."""
     base = tmp_path_factory.mktemp("base")
-    write_synthetic_corpus(400_000, shard_chars=200_000, data_dir=base / "base_data", num_workers=1, verbose=False)
-    tok = Tokenizer.train_from_iterator(iter_documents("train", max_chars=200_000, data_dir=base / "base_data"), 512)
-    tok.save(base / "tokenizer")
-    torch.manual_seed(0)
-    cfg = GPTConfig(sequence_len=256, vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_kv_head=2, n_embd=64,
-                    window_pattern="L")
-    model = build_model(cfg, "cpu")
-    with torch.no_grad():
-        for p in model.parameters(): p.add_(0.2 * torch.randn_like(p))
-    save_checkpoint(base / "chatsft_checkpoints" / "d2", 0, model.state_dict(), None,
-                    dict(step=0, model_config=asdict(cfg), tokenizer_dir=str(base / "tokenizer")))
+    tiny_checkpoint(base, "chatsft_checkpoints", 400_000, 512, nudge=0.2)
     tasks = tmp_path_factory.mktemp("tasks")
     write_task_copies(tasks)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NANOCHAT_DATA_DIR", "NANOCHAT_DTYPE", "NANOCHAT_TASKS_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(NANOCHAT_BASE_DIR=str(base), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = cli_env(base)
     return base, env, tasks
 
 

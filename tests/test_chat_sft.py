@@ -77,8 +77,8 @@ def test_sft_inherits_warm_starts_and_resumes_exactly(prepared):
 
 def test_one_pass_over_the_mixture(prepared):
     base, env = prepared
-    p = run_module("chat_sft", "--mixture", "synthetic", "--arith-size", "40", "--eval-steps", "1", "--device-type", "cpu",
-                   "--buffer-size", "8", "--output-tag", "onepass", env=env)
+    run_module("chat_sft", "--mixture", "synthetic", "--arith-size", "40", "--eval-steps", "1", "--device-type", "cpu",
+               "--buffer-size", "8", "--output-tag", "onepass", env=env)
     log = _log(base / "chatsft_checkpoints" / "onepass")
     prog = [r["progress"] for r in log if "progress" in r]
     assert prog[-1] >= 1 and all(x < 1 for x in prog[:-1]) and prog == sorted(prog)

@@ -1,6 +1,5 @@
 """A checkpoint writer killed with SIGKILL in the middle of a write leaves the previous checkpoint loadable."""
 import os, signal, subprocess, sys, textwrap, time
-from pathlib import Path
 import torch
 
 from nanochat_nb.checkpoint import find_last_step, list_steps, load_checkpoint, save_checkpoint

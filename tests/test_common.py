@@ -1,5 +1,5 @@
 """What chapter 00 cannot test inside one notebook kernel: torchrun with two processes, and a real wandb run."""
-import json, os, shutil, subprocess, sys, textwrap
+import json, shutil, subprocess, textwrap
 import pytest
 
 

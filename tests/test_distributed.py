@@ -4,7 +4,7 @@ The core claim: W ranks, each training on its share of every batch, end with the
 gradient accumulation over the same rows. With two ranks this holds bit for bit (tolerance 1e-5); with three ranks
 it holds bit for bit when gradients are rounded to a grid on which sums are exact (`--exact`, see the chapter).
 """
-import io, json, os, shutil, subprocess, sys, textwrap
+import json, shutil, subprocess, sys, textwrap
 import pytest
 import torch
 

@@ -1,6 +1,6 @@
 """Model-level checks of nanochat_nb.gpt beyond the notebook: checkpoint files, dtypes, the fused loss inside the
 model, KV-cache decoding on another shape, and the benchmark CLI."""
-import io, os, subprocess, sys
+import os, subprocess, sys
 import pytest
 import torch
 

@@ -1,7 +1,6 @@
 """Tasks: the Task API, mixtures, the dataset loaders against a local HTTP server laid out like the Hugging Face hub,
 local-folder overrides, the offline error, and GSM8K / HumanEval on the real files when they are present."""
 import json, os, socket, subprocess, sys
-from pathlib import Path
 import pyarrow as pa, pyarrow.parquet as pq
 import pytest
 

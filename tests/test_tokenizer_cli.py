@@ -1,7 +1,6 @@
 """The tokenizer CLIs as real processes: `python -m nanochat_nb.tok_train` and `python -m nanochat_nb.tok_eval`
 on a tiny embedded corpus in a temporary folder (exit codes, files written, error messages)."""
 import os, subprocess, sys
-from pathlib import Path
 
 import pytest
 import torch
