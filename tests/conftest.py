@@ -4,6 +4,7 @@ from dataclasses import asdict
 from pathlib import Path
 import pytest
 import torch
+from browser import browser, chromium_driver  # noqa: F401  (the headless Chromium fixture)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
