@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from browser import browser, chromium_driver  # noqa: F401  (the headless Chromium fixture)
+from jupyter_lab import lab  # noqa: F401  (a JupyterLab server fixture)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

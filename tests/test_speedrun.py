@@ -1,0 +1,146 @@
+"""The speedrun as a user runs it: the whole pipeline at the `tiny` preset (every stage's artifact and the report), a
+second invocation that skips everything, a changed flag that re-runs one stage and the report, an interrupted
+pretraining that resumes from its checkpoint, the d24 dry run on 8xH100 against REFERENCE §4/§9, multi-node
+commands, and clear errors for bad flags."""
+import importlib.util, json, re, shutil
+from pathlib import Path
+import pytest
+
+from conftest import cli_env, run_module
+
+STAGES = ["data", "tok_train", "tok_eval", "base_train", "base_eval", "mid_train", "chat_sft", "chat_eval", "chat_rl",
+          "rl_eval", "report"]
+HAVE_RL = importlib.util.find_spec("nanochat_nb.chat_rl") is not None
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("speedrun") / "base"
+    env = cli_env(base)
+    p = run_module("speedrun", "--preset", "tiny", "--base-dir", base, env=env, timeout=600)
+    return base, env, p
+
+
+def _marker(base, name):
+    return json.loads((base / "speedrun" / f"{name}.json").read_text())
+
+
+def test_every_stage_leaves_its_artifact(tiny_run):
+    base, env, p = tiny_run
+    ran = [s for s in STAGES if HAVE_RL or s not in ("chat_rl", "rl_eval")]
+    for s in ran:
+        m = _marker(base, s)
+        assert m["seconds"] >= 0 and m["stage"] == s, s
+        if s != "report": assert (base / "speedrun" / "logs" / f"{s}.log").stat().st_size > 0, s
+    assert len(list((base / "base_data").glob("shard_*.parquet"))) >= 2
+    assert (base / "tokenizer" / "tokenizer.pkl").is_file() and (base / "tokenizer" / "token_bytes.pt").is_file()
+    assert (base / "base_checkpoints" / "d2" / "model_000012.pt").is_file()
+    be = json.loads(next((base / "base_eval").glob("d2_*.json")).read_text())
+    assert be["core"]["num_tasks"] == 3 and 0 < be["bpb"]["val"] < 10
+    assert list((base / "mid_checkpoints" / "d2").glob("model_*.pt")) and list((base / "chatsft_checkpoints" / "d2").glob("model_*.pt"))
+    for src in ("mid", "sft"):
+        r = json.loads(next((base / "chat_eval").glob(f"{src}_d2_*.json")).read_text())
+        assert r["tasks"]["SpellingBee"]["total"] == 4
+    if HAVE_RL:
+        rl = sorted((base / "chatrl_checkpoints" / "d2").glob("meta_*.json"))[-1]
+        assert json.loads(rl.read_text())["history"]
+        assert next((base / "chat_eval").glob("rl_d2_*.json"))
+    assert _marker(base, "base_train")["figures"]["step"] == 12
+    assert "chat_cli -i " in p.stdout and "chat_web -i " in p.stdout
+
+
+def test_report_has_every_section_and_image(tiny_run):
+    base, env, p = tiny_run
+    md = (base / "report" / "report.md").read_text()
+    for section in ("## Hardware and software", "## Time and cost per stage", "## Tokenizer", "## Model",
+                    "## Base model evaluation", "## Chat evaluation", "## Curves", "## Sample conversations"):
+        assert section in md, section
+    assert "CORE: **" in md and "ChatCORE" in md and "bytes/token" in md and "FLOPs per token" in md
+    assert re.search(r"\| SpellingBee \| [0-9.]+ \| [0-9.]+ \|", md)                 # mid and sft side by side
+    for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (base / "report" / img).stat().st_size > 1000, img
+    assert "base_loss.png" in md and "chat_loss.png" in md
+    if HAVE_RL: assert "rl_reward.png" in md and "## Reinforcement learning" in md
+    for s in ("base_train", "chat_sft", "chat_eval"): assert f"| {s} | " in md
+
+
+def test_second_run_skips_every_stage(tiny_run):
+    base, env, _ = tiny_run
+    before = {s: _marker(base, s)["finished"] for s in STAGES if (base / "speedrun" / f"{s}.json").exists()}
+    p = run_module("speedrun", "--preset", "tiny", "--base-dir", base, env=env, timeout=300)
+    assert p.stdout.count("done already") == len(before), p.stdout
+    assert {s: _marker(base, s)["finished"] for s in before} == before
+
+
+def test_changed_flag_reruns_that_stage_and_the_report(tiny_run):
+    base, env, _ = tiny_run
+    before = _marker(base, "base_train")["finished"]
+    p = run_module("speedrun", "--preset", "tiny", "--base-dir", base, "--only", "base_eval,report", "--quiet",
+                   "--base-eval-args", "--max-per-task 3", env=env, timeout=300)
+    assert "[base_eval] its inputs or flags changed" in p.stdout and "[report] written to" in p.stdout
+    assert "[base_train]" not in p.stdout and _marker(base, "base_train")["finished"] == before
+    assert "--max-per-task 3" in _marker(base, "base_eval")["commands"][0]
+
+
+def test_interrupted_pretraining_resumes_from_its_checkpoint(tiny_run, tmp_path):
+    base, env, _ = tiny_run
+    own = tmp_path / "base"
+    shutil.copytree(base, own)
+    # as if killed after the step-6 checkpoint: no final checkpoint, no done-marker
+    for f in (own / "base_checkpoints" / "d2").glob("*_000012*"): f.unlink()
+    (own / "speedrun" / "base_train.json").unlink()
+    p = run_module("speedrun", "--preset", "tiny", "--only", "base_train", "--base-dir", own, env=cli_env(own), timeout=300)
+    assert "resumed from" in p.stdout and "step 6" in p.stdout, p.stdout[-3000:]
+    assert (own / "base_checkpoints" / "d2" / "model_000012.pt").is_file() and _marker(own, "base_train")["figures"]["step"] == 12
+
+
+def test_dry_run_d24_on_8_h100_matches_reference(tmp_path):
+    p = run_module("speedrun", "--dry-run", "--gpus", "8", "--gpu-name", "H100", "--base-dir", tmp_path, env=cli_env(tmp_path))
+    out = p.stdout
+    assert "speedrun preset d24" in out and "1 node(s) x 8 x H100" in out                     # the default with GPUs
+    assert "(8 per scaling parameter)" in out and "batch 1,048,576 tokens x 5,568 steps (4 accumulation step(s))" in out
+    assert "729.8M scaling" in out and ", fp8" in out
+    row = next(l for l in out.splitlines() if l.startswith("| base_train |"))
+    h, m = map(int, re.search(r"\| (\d+)h(\d\d)m \|", row).groups())
+    assert 1.5 <= h + m / 60 <= 1.9, row                                                      # REFERENCE §9: 1.65 h
+    assert "torchrun --nproc_per_node=8 --standalone -m nanochat_nb.base_train --depth 24" in row and "--fp8" in row
+    assert "--target-param-data-ratio 8" in row and "--device-batch-size 16" in row
+    cost = float(re.search(r"for the selected stages \(\$([0-9.,]+)\)", out).group(1).replace(",", ""))
+    assert 40 <= cost <= 60, cost                                                              # REFERENCE §9: ~$48
+    shards = int(re.findall(r"dataset -n (\d+)`", out)[-1])                                   # data_rest: all of them
+    assert abs(shards - 170) <= 5                                                              # REFERENCE §5: ~170 shards
+    assert not list(tmp_path.glob("base_data/*")) and not (tmp_path / "speedrun" / "run.json").exists()  # nothing ran
+
+
+def test_dry_run_d20_multinode(tmp_path, capsys):
+    from nanochat_nb.speedrun import main
+    r = main.cli(["--dry-run", "--preset", "d20", "--gpus", "8", "--gpu-name", "A100", "--nnodes", "2", "--node-rank", "1",
+                  "--master-addr", "10.0.0.5", "--base-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    row = next(l for l in out.splitlines() if l.startswith("| base_train |"))
+    assert "--nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.5 --master_port=29500" in row
+    assert "--fp8" not in row and "2 node(s) x 8 x A100" in out and r["plan"]["depth"] == 20
+    assert "| mid_train | todo |" in out and "| report | not selected |" in out and "| data | not selected |" in out  # node 0 does those
+
+
+def test_bad_flag_is_one_line_error(tmp_path):
+    p = run_module("speedrun", "--preset", "d30", "--base-dir", tmp_path, env=cli_env(tmp_path), check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "--preset 'd30': choose one of d24, d20, d26, cpu, tiny" in p.stderr
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--preset", "tiny", "--only", "base_trian"], "unknown stage"),
+    (["--preset", "tiny", "--only", "report", "--from-stage", "data"], "conflict"),
+    (["--preset", "tiny", "--only", "data_rest"], "off in this run"),
+    (["--preset", "tiny", "--mid", "maybe"], "--mid 'maybe'"),
+    (["--preset", "tiny", "--nnodes", "2", "--node-rank", "2"], "--node-rank 2"),
+    (["--preset", "d24"], "needs CUDA GPUs"),
+    (["--gpus", "8"], "--gpus 8 but torch sees"),
+])
+def test_bad_flags_fail_clearly(tmp_path, args, msg):
+    import torch
+    from nanochat_nb.speedrun import main
+    if torch.cuda.is_available() and msg in ("needs CUDA GPUs", "--gpus 8 but torch sees"): pytest.skip("this machine has GPUs")
+    with pytest.raises(ValueError, match=re.escape(msg)): main.cli([*args, "--base-dir", str(tmp_path)])
+    assert not (tmp_path / "speedrun" / "run.json").exists()
