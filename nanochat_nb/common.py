@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_common.ipynb #25d413f4
 from __future__ import annotations
-import argparse, contextlib, fcntl, functools, hashlib, inspect, os, random, socket, sys, time, typing
+import argparse, contextlib, fcntl, functools, gc, hashlib, inspect, os, random, socket, sys, time, typing
 import urllib.error, urllib.request, http.client
 from pathlib import Path
 
@@ -16,8 +16,8 @@ from fastcore.docments import docments
 # %% auto #0
 __all__ = ['DTYPE_NAMES', 'PEAK_FLOPS_BF16', 'CLI_ERRORS', 'autodetect_device_type', 'parse_dtype', 'pick_dtype', 'compute_dtype',
            'get_dist_info', 'is_ddp', 'print0', 'seed_everything', 'compute_init', 'compute_cleanup',
-           'all_gather_objects', 'get_base_dir', 'atomic_path', 'DownloadError', 'file_lock', 'sha256_file',
-           'download_file', 'DummyWandb', 'init_wandb', 'get_peak_flops', 'mfu', 'make_cli', 'script']
+           'end_torchrun_worker', 'all_gather_objects', 'get_base_dir', 'atomic_path', 'DownloadError', 'file_lock',
+           'sha256_file', 'download_file', 'DummyWandb', 'init_wandb', 'get_peak_flops', 'mfu', 'make_cli', 'script']
 
 # %% ../nbs/00_common.ipynb #78f12845
 def autodetect_device_type() -> str:
@@ -100,11 +100,23 @@ def compute_init(device_type: str | None = None, seed: int = 42):
 def compute_cleanup():
     "Tear down the process group, if any (call at the end of every script)."
     if not (dist.is_available() and dist.is_initialized()): return
+    gc.collect()   # free unreachable tensors and collective handles now, while the group and the interpreter are alive
     # Every rank arrives before any rank tears down: a rank that destroys its group while a peer's transport threads
     # still talk to it can abort the peer at exit ("terminate called without an active exception" under gloo).
     # Skipped while an exception is in flight (called from a `finally`): the peers may be stuck elsewhere.
     if sys.exc_info()[0] is None: dist.barrier()
     dist.destroy_process_group()
+
+def end_torchrun_worker():
+    """Under torchrun (`WORLD_SIZE` > 1), end this worker process now, with exit status 0, once its script is done.
+
+    Interpreter shutdown after a gloo group has been used can still abort a worker (SIGABRT, "terminate called without
+    an active exception") although `destroy_process_group` ran: gloo's threads may outlive it, and finalizing Python
+    objects from them kills the process. By then the work is done and the files are closed, so a script's command
+    line ends the worker here, after flushing its output, and never reaches that shutdown."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1: return
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(0)
 
 def all_gather_objects(obj) -> list:
     "Every rank's `obj` (any picklable value), in rank order; `[obj]` without a process group."
@@ -289,11 +301,15 @@ def make_cli(func, short: dict | None = None):
     def cli(argv=None):
         "Parse `argv` and call the function; with no `argv` (a real command line) a user error exits with its message."
         args = vars(parser().parse_args(argv))
-        if argv is not None or os.environ.get("NANOCHAT_DEBUG"): return func(**args)
-        try: return func(**args)
-        except CLI_ERRORS as e:  # bad flags, missing files, no network: say what is wrong, not where in the code
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
+        if argv is not None: return func(**args)
+        if os.environ.get("NANOCHAT_DEBUG"): res = func(**args)
+        else:
+            try: res = func(**args)
+            except CLI_ERRORS as e:  # bad flags, missing files, no network: say what is wrong, not where in the code
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(1)
+        end_torchrun_worker()    # a command line under torchrun ends here (see its docstring); elsewhere it returns
+        return res
 
     func.cli, func.parser = cli, parser
     return func
