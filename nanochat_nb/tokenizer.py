@@ -24,8 +24,9 @@ from .dataset import iter_documents, list_parquet_files, read_shard_texts, split
 
 # %% auto #0
 __all__ = ['SPLIT_PATTERN', 'SPECIAL_TOKENS', 'count_pairs', 'merge_pair', 'best_pair', 'NaiveBPE', 'split_text', 'safe_pieces',
-           'count_words_in', 'count_words', 'train_bpe_python', 'train_bpe', 'Tokenizer', 'default_tokenizer_dir',
-           'get_tokenizer', 'get_token_bytes', 'visualize_tokens', 'bench_tokenizer']
+           'count_words_in', 'count_ascii_chunks', 'count_chunks', 'count_words', 'train_bpe_python', 'train_bpe',
+           'Tokenizer', 'default_tokenizer_dir', 'get_tokenizer', 'get_token_bytes', 'visualize_tokens',
+           'bench_tokenizer']
 
 # %% ../nbs/01_tokenizer.ipynb #5b30ead2
 def count_pairs(chunks: list[list[int]]) -> collections.Counter:
@@ -161,10 +162,161 @@ def count_words_in(docs: list[str], pattern: str = SPLIT_PATTERN, words: collect
     words.update(ones)
     return words
 
+# %% ../nbs/01_tokenizer.ipynb #41d303c2
+_LETTER, _DIGIT, _SPACE, _NEWLINE, _OTHER = 0, 1, 2, 3, 4
+def _ascii_kinds() -> np.ndarray:
+    "The kind of each ASCII byte, as the regex engine classifies it (letter, digit, whitespace, CR/LF, other)."
+    kinds = np.full(128, _OTHER, dtype=np.uint8)
+    for b in range(128):
+        c = chr(b)
+        if c in "\r\n": kinds[b] = _NEWLINE
+        elif regex.match(r"\s", c): kinds[b] = _SPACE
+        elif regex.match(r"\p{L}", c): kinds[b] = _LETTER
+        elif regex.match(r"\p{N}", c): kinds[b] = _DIGIT
+    return kinds
+_KINDS = _ascii_kinds()
+
+def _next_chunk(t, i, n, kinds):
+    "End of the pre-split chunk that starts at `i` in ASCII bytes `t[:n]` (the seven alternatives, in order)."
+    k = kinds[t[i]]
+    if t[i] == 39 and i + 1 < n:                                   # 1. 's 'd 'm 't 'll 've 're, any case
+        a = t[i + 1] | 32
+        if a == 115 or a == 100 or a == 109 or a == 116: return i + 2
+        if i + 2 < n:
+            b = t[i + 2] | 32
+            if (a == 108 and b == 108) or (a == 118 and b == 101) or (a == 114 and b == 101): return i + 3
+    if k == 0 or ((k == 2 or k == 4) and i + 1 < n and kinds[t[i + 1]] == 0):   # 2. [lead]letters
+        j = i + 1 if k == 0 else i + 2
+        while j < n and kinds[t[j]] == 0: j += 1
+        return j
+    if k == 1:                                                     # 3. one or two digits
+        return i + 2 if i + 1 < n and kinds[t[i + 1]] == 1 else i + 1
+    j = i + 1 if t[i] == 32 else i                                 # 4. optional space, punctuation, newlines
+    if j < n and kinds[t[j]] == 4:
+        while j < n and kinds[t[j]] == 4: j += 1
+        while j < n and kinds[t[j]] == 3: j += 1
+        return j
+    r, last_nl = i, -1                                             # whitespace from here on: its run is [i, r)
+    while r < n and (kinds[t[r]] == 2 or kinds[t[r]] == 3):
+        if kinds[t[r]] == 3: last_nl = r
+        r += 1
+    if last_nl >= 0: return last_nl + 1                            # 5. up to the last newline
+    if r == n or r - i >= 2: return r if r == n else r - 1         # 6. all of it, or all but the last
+    return r                                                       # 7. one whitespace byte
+
+def _count_run(t, starts, ends, kinds, st, slot_idx, slot_h, pool, off, ln, cnt):
+    """Count chunks from the position saved in `st` = [document, offset, distinct chunks, pool bytes used] until done (0)
+    or until an array must grow: the distinct-chunk arrays (1), the pool (2) or the table (3). The arrays are never
+    replaced inside, which keeps the compiled loop free of reference counting."""
+    d, i, m, used = st[0], st[1], st[2], st[3]
+    cap = len(slot_idx)
+    while d < len(starts):
+        n = ends[d]
+        if i < starts[d]: i = starts[d]
+        while i < n:
+            j = _next_chunk(t, i, n, kinds)
+            h = np.uint64(14695981039346656037)                    # FNV-1a over the chunk's bytes, then a final mix
+            for q in range(i, j): h = (h ^ np.uint64(t[q])) * np.uint64(1099511628211)
+            h ^= h >> np.uint64(33); h *= np.uint64(0xFF51AFD7ED558CCD); h ^= h >> np.uint64(33)
+            s = np.int64(h & np.uint64(cap - 1))
+            grow = 0
+            while True:
+                e = slot_idx[s]
+                if e < 0:                                          # a new chunk: copy its bytes to the pool
+                    if m == len(off): grow = 1; break
+                    if used + (j - i) > len(pool): grow = 2; break
+                    pool[used:used + j - i] = t[i:j]
+                    off[m], ln[m], cnt[m] = used, j - i, 1
+                    used += j - i
+                    slot_idx[s], slot_h[s] = m, h; m += 1
+                    if 2 * m > cap: grow = 3                       # keep the table at most half full
+                    break
+                if slot_h[s] == h and ln[e] == j - i:              # same hash and length: compare the bytes
+                    same, o = True, off[e]
+                    for q in range(j - i):
+                        if pool[o + q] != t[i + q]: same = False; break
+                    if same: cnt[e] += 1; break
+                s = (s + 1) & (cap - 1)
+            if grow == 1 or grow == 2:                             # resume at this chunk once the array has grown
+                st[0], st[1], st[2], st[3] = d, i, m, used
+                return grow
+            i = j
+            if grow == 3:
+                st[0], st[1], st[2], st[3] = d, i, m, used
+                return 3
+        d += 1
+        if d < len(starts): i = starts[d]
+    st[0], st[1], st[2], st[3] = d, i, m, used
+    return 0
+
+def _rehash(slot_idx, slot_h, cap):
+    "The table at twice the size (`cap` slots), every entry re-placed by its hash."
+    idx, hs = np.full(cap, -1, dtype=np.int64), np.zeros(cap, dtype=np.uint64)
+    for x in range(len(slot_idx)):
+        if slot_idx[x] >= 0:
+            s = np.int64(slot_h[x] & np.uint64(cap - 1))
+            while idx[s] >= 0: s = (s + 1) & (cap - 1)
+            idx[s], hs[s] = slot_idx[x], slot_h[x]
+    return idx, hs
+
+def _ascii_count_kernel(t, starts, ends, kinds):
+    "Distinct chunks of the documents `t[starts[d]:ends[d]]`: (pool, offsets into it, lengths, counts), first-seen order."
+    st = np.zeros(4, dtype=np.int64)
+    slot_idx, slot_h = np.full(1 << 12, -1, dtype=np.int64), np.zeros(1 << 12, dtype=np.uint64)
+    pool = np.empty(1 << 16, dtype=np.uint8)                       # each distinct chunk's bytes, one after another:
+    off, ln, cnt = (np.empty(1024, dtype=np.int64) for _ in range(3))   # compact, so comparing them stays in cache
+    while (why := _count_run_jit(t, starts, ends, kinds, st, slot_idx, slot_h, pool, off, ln, cnt)) != 0:
+        if why == 1: off, ln, cnt = (np.concatenate((a, np.empty_like(a))) for a in (off, ln, cnt))
+        elif why == 2: pool = np.concatenate((pool, np.empty_like(pool)))
+        else: slot_idx, slot_h = _rehash_jit(slot_idx, slot_h, 2 * len(slot_idx))
+    m, used = st[2], st[3]
+    return pool[:used], off[:m], ln[:m], cnt[:m]
+
+if numba is not None:
+    def _jit(f, **kw):
+        try: return numba.njit(cache=True, **kw)(f)
+        except Exception: return numba.njit(**kw)(f)            # no cache where there is no source file
+    _next_chunk = _jit(_next_chunk, inline="always")
+    _count_run_jit, _rehash_jit = _jit(_count_run), _jit(_rehash)
+    _ascii_count_kernel_jit = _ascii_count_kernel
+else: _ascii_count_kernel_jit = None
+
+def count_ascii_chunks(texts: list[str], words: collections.Counter | None = None) -> collections.Counter:
+    "Pre-split chunk counts of ASCII `texts` (added to `words` if given), with the compiled scanner."
+    words = collections.Counter() if words is None else words
+    if not texts: return words
+    if _ascii_count_kernel_jit is None: raise RuntimeError("count_ascii_chunks needs numba (pip install numba)")
+    big = "".join(texts)
+    if not big.isascii(): raise ValueError("count_ascii_chunks takes ASCII text only (count_chunks routes the rest)")
+    lens = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    ends = np.cumsum(lens); starts = ends - lens
+    pool, off, ln, cnt = _ascii_count_kernel_jit(np.frombuffer(big.encode("ascii"), dtype=np.uint8), starts, ends, _KINDS)
+    text, get = pool.tobytes().decode("ascii"), words.get
+    for o, l, c in zip(off.tolist(), ln.tolist(), cnt.tolist()):
+        w = text[o:o + l]; words[w] = get(w, 0) + c
+    return words
+
+def _compile_scanner():
+    "Compile (or load from numba's cache) every kernel of the scanner, the table's growth included."
+    if _ascii_count_kernel_jit is None: return
+    count_ascii_chunks(["compile"]); _rehash_jit(np.full(2, -1, dtype=np.int64), np.zeros(2, dtype=np.uint64), 4)
+
+def count_chunks(docs: list[str], pattern: str = SPLIT_PATTERN, words: collections.Counter | None = None) -> collections.Counter:
+    "Pre-split chunk counts of `docs`: ASCII text through the compiled scanner, the rest through `count_words_in`."
+    words = collections.Counter() if words is None else words
+    if pattern != SPLIT_PATTERN or _ascii_count_kernel_jit is None: return count_words_in(docs, pattern, words)
+    fast, slow = [], []
+    for d in docs:
+        if d.isascii(): fast.append(d)
+        else:
+            for p in safe_pieces(d): (fast if p.isascii() else slow).append(p)
+    count_ascii_chunks(fast, words)
+    return count_words_in(slow, pattern, words) if slow else words
+
 # %% ../nbs/01_tokenizer.ipynb #d8284617
 def _count_worker(inq, outq, pattern):
     words = collections.Counter()                 # each worker keeps its own total and sends it once, at the end
-    while (batch := inq.get()) is not None: count_words_in(batch, pattern, words)
+    while (batch := inq.get()) is not None: count_chunks(batch, pattern, words)
     outq.put(words)
 
 def _batches(text_iter, batch_chars: int):
@@ -186,8 +338,9 @@ def count_words(text_iter, pattern: str = SPLIT_PATTERN, num_workers: int | None
     num_workers = num_workers or os.cpu_count() or 1
     if num_workers <= 1 or "fork" not in mp.get_all_start_methods():
         total = collections.Counter()
-        for b in _batches(text_iter, batch_chars): count_words_in(b, pattern, total)
+        for b in _batches(text_iter, batch_chars): count_chunks(b, pattern, total)
         return total
+    if pattern == SPLIT_PATTERN: _compile_scanner()               # once, before forking, rather than in every worker
     ctx = mp.get_context("fork")
     inq, outq = ctx.Queue(maxsize=2 * num_workers), ctx.Queue()
     procs = [ctx.Process(target=_count_worker, args=(inq, outq, pattern), daemon=True) for _ in range(num_workers)]
