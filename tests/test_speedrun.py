@@ -60,7 +60,9 @@ def test_report_has_every_section_and_image(tiny_run):
     for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (base / "report" / img).stat().st_size > 1000, img
     assert "base_loss.png" in md and "chat_loss.png" in md
-    if HAVE_RL: assert "rl_reward.png" in md and "## Reinforcement learning" in md
+    if HAVE_RL:
+        assert "rl_reward.png" in md and "## Reinforcement learning" in md
+        assert re.search(r"held-out pass@1 [\d.]+ → [\d.]+ and pass@4 [\d.]+ → [\d.]+ \(steps 0 → 2\)", md), md
     for s in ("base_train", "chat_sft", "chat_eval"): assert f"| {s} | " in md
 
 
