@@ -293,7 +293,7 @@ def town_facts(town: str) -> dict:
     pop = r.choice([r.randint(150, 2000), r.randint(2000, 30000), r.randint(30000, 900000)])
     return dict(region=pick_name(r, "region"), river=pick_name(r, "river"), population=pop,
                 size="village" if pop < 2000 else "town" if pop < 30000 else "city", founded=r.randint(1100, 1950),
-                known_for=r.choice(KNOWN_FOR), mayor=f"{r.choice(list(NAMES))} {pick_name(r, 'surname')}",
+                known_for=r.choice(KNOWN_FOR), mayor=f"{_pick_person(r)[0]} {pick_name(r, 'surname')}",
                 neighbor=pick_name(r, "town"), distance=r.randint(3, 120))
 
 def _pick_person(r: random.Random):

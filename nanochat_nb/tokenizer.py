@@ -176,33 +176,36 @@ def _ascii_kinds() -> np.ndarray:
     return kinds
 _KINDS = _ascii_kinds()
 
+_QUOTE, _BLANK = ord("'"), ord(" ")
+
 def _next_chunk(t, i, n, kinds):
     "End of the pre-split chunk that starts at `i` in ASCII bytes `t[:n]` (the seven alternatives, in order)."
     k = kinds[t[i]]
-    if t[i] == 39 and i + 1 < n:                                   # 1. 's 'd 'm 't 'll 've 're, any case
-        a = t[i + 1] | 32
-        if a == 115 or a == 100 or a == 109 or a == 116: return i + 2
+    if t[i] == _QUOTE and i + 1 < n:                               # 1. 's 'd 'm 't 'll 've 're, any case
+        a = t[i + 1] | 32                                          # (| 32 lowercases an ASCII letter)
+        if a == ord("s") or a == ord("d") or a == ord("m") or a == ord("t"): return i + 2
         if i + 2 < n:
             b = t[i + 2] | 32
-            if (a == 108 and b == 108) or (a == 118 and b == 101) or (a == 114 and b == 101): return i + 3
-    if k == 0 or ((k == 2 or k == 4) and i + 1 < n and kinds[t[i + 1]] == 0):   # 2. [lead]letters
-        j = i + 1 if k == 0 else i + 2
-        while j < n and kinds[t[j]] == 0: j += 1
+            if (a == ord("l") and b == ord("l")) or (a == ord("v") and b == ord("e")) or (a == ord("r") and b == ord("e")):
+                return i + 3
+    if k == _LETTER or ((k == _SPACE or k == _OTHER) and i + 1 < n and kinds[t[i + 1]] == _LETTER):   # 2. [lead]letters
+        j = i + 1 if k == _LETTER else i + 2
+        while j < n and kinds[t[j]] == _LETTER: j += 1
         return j
-    if k == 1:                                                     # 3. one or two digits
-        return i + 2 if i + 1 < n and kinds[t[i + 1]] == 1 else i + 1
-    j = i + 1 if t[i] == 32 else i                                 # 4. optional space, punctuation, newlines
-    if j < n and kinds[t[j]] == 4:
-        while j < n and kinds[t[j]] == 4: j += 1
-        while j < n and kinds[t[j]] == 3: j += 1
+    if k == _DIGIT:                                                # 3. one or two digits
+        return i + 2 if i + 1 < n and kinds[t[i + 1]] == _DIGIT else i + 1
+    j = i + 1 if t[i] == _BLANK else i                             # 4. optional space, punctuation, newlines
+    if j < n and kinds[t[j]] == _OTHER:
+        while j < n and kinds[t[j]] == _OTHER: j += 1
+        while j < n and kinds[t[j]] == _NEWLINE: j += 1
         return j
     r, last_nl = i, -1                                             # whitespace from here on: its run is [i, r)
-    while r < n and (kinds[t[r]] == 2 or kinds[t[r]] == 3):
-        if kinds[t[r]] == 3: last_nl = r
+    while r < n and (kinds[t[r]] == _SPACE or kinds[t[r]] == _NEWLINE):
+        if kinds[t[r]] == _NEWLINE: last_nl = r
         r += 1
     if last_nl >= 0: return last_nl + 1                            # 5. up to the last newline
-    if r == n or r - i >= 2: return r if r == n else r - 1         # 6. all of it, or all but the last
-    return r                                                       # 7. one whitespace byte
+    if r == n: return r                                            # 6. at the end of the text: all of it
+    return r - 1 if r - i >= 2 else r                              # 6. all but the last byte, or 7. a single byte
 
 def _count_run(t, starts, ends, kinds, st, slot_idx, slot_h, pool, off, ln, cnt):
     """Count chunks from the position saved in `st` = [document, offset, distinct chunks, pool bytes used] until done (0)
@@ -278,19 +281,18 @@ if numba is not None:
         except Exception: return numba.njit(**kw)(f)            # no cache where there is no source file
     _next_chunk = _jit(_next_chunk, inline="always")
     _count_run_jit, _rehash_jit = _jit(_count_run), _jit(_rehash)
-    _ascii_count_kernel_jit = _ascii_count_kernel
-else: _ascii_count_kernel_jit = None
+
 
 def count_ascii_chunks(texts: list[str], words: collections.Counter | None = None) -> collections.Counter:
     "Pre-split chunk counts of ASCII `texts` (added to `words` if given), with the compiled scanner."
     words = collections.Counter() if words is None else words
     if not texts: return words
-    if _ascii_count_kernel_jit is None: raise RuntimeError("count_ascii_chunks needs numba (pip install numba)")
+    if numba is None: raise RuntimeError("count_ascii_chunks needs numba (pip install numba)")
     big = "".join(texts)
     if not big.isascii(): raise ValueError("count_ascii_chunks takes ASCII text only (count_chunks routes the rest)")
     lens = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
     ends = np.cumsum(lens); starts = ends - lens
-    pool, off, ln, cnt = _ascii_count_kernel_jit(np.frombuffer(big.encode("ascii"), dtype=np.uint8), starts, ends, _KINDS)
+    pool, off, ln, cnt = _ascii_count_kernel(np.frombuffer(big.encode("ascii"), dtype=np.uint8), starts, ends, _KINDS)
     text, get = pool.tobytes().decode("ascii"), words.get
     for o, l, c in zip(off.tolist(), ln.tolist(), cnt.tolist()):
         w = text[o:o + l]; words[w] = get(w, 0) + c
@@ -298,13 +300,13 @@ def count_ascii_chunks(texts: list[str], words: collections.Counter | None = Non
 
 def _compile_scanner():
     "Compile (or load from numba's cache) every kernel of the scanner, the table's growth included."
-    if _ascii_count_kernel_jit is None: return
+    if numba is None: return
     count_ascii_chunks(["compile"]); _rehash_jit(np.full(2, -1, dtype=np.int64), np.zeros(2, dtype=np.uint64), 4)
 
 def count_chunks(docs: list[str], pattern: str = SPLIT_PATTERN, words: collections.Counter | None = None) -> collections.Counter:
     "Pre-split chunk counts of `docs`: ASCII text through the compiled scanner, the rest through `count_words_in`."
     words = collections.Counter() if words is None else words
-    if pattern != SPLIT_PATTERN or _ascii_count_kernel_jit is None: return count_words_in(docs, pattern, words)
+    if pattern != SPLIT_PATTERN or numba is None: return count_words_in(docs, pattern, words)
     fast, slow = [], []
     for d in docs:
         if d.isascii(): fast.append(d)
@@ -492,8 +494,7 @@ def _merge_kernel(sym, weight, nxt, prv, n_target, int_list):
     return ma[:nm], mb[:nm], mn[:nm], saved[:nm]
 
 if numba is not None:
-    try: _merge_kernel_jit = numba.njit(cache=True)(_merge_kernel)
-    except Exception: _merge_kernel_jit = numba.njit(_merge_kernel)    # no cache where there is no source file
+    _merge_kernel_jit = _jit(_merge_kernel)
     _INT_LIST = nbt.ListType(nbt.int64)
 
 def train_bpe(word_counts: dict, vocab_size: int, history: bool = False, engine: str | None = None):
