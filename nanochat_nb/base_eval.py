@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from .common import atomic_path, autodetect_device_type, compute_cleanup, compute_init, get_base_dir, print0, script
+from nanochat_nb.common import (atomic_path, autodetect_device_type, compute_cleanup, compute_init, get_base_dir,
+    print0)
+from .cli import script
 from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model
 from .dataloader import tokenizing_distributed_data_loader_bos_bestfit
 from .dataset import get_data_dir, list_parquet_files

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .common import (all_gather_objects, autodetect_device_type, compute_cleanup, compute_dtype, compute_init,
-                                get_base_dir, get_peak_flops, init_wandb, mfu, print0, script)
+from .common import (all_gather_objects, autodetect_device_type, compute_cleanup, compute_dtype,
+    compute_init, get_base_dir, get_peak_flops, init_wandb, mfu, print0)
+from .cli import script
 from .checkpoint import (checkpoints_root, clean_state_dict, find_last_step, load_checkpoint, save_checkpoint)
 from .dataloader import (tokenizing_distributed_data_loader_bos_bestfit,
                                     tokenizing_distributed_data_loader_with_state_bos_bestfit)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import importlib, sys
 
-from .common import make_cli
+from .cli import make_cli, program_name, run_command
 
 # %% auto #0
 __all__ = ['BENCHMARKS', 'get_benchmark', 'list_benchmarks', 'main', 'bench_fp8']
@@ -30,22 +30,24 @@ def get_benchmark(name: str):
     try: f = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
         raise NotImplementedError(f"benchmark {name!r} needs {mod}.{fn}, which this version does not have yet ({e})") from e
-    return make_cli(f)
+    return make_cli(f, prog=f"{program_name('nanochat_nb.bench')} {name}")
 
 def list_benchmarks() -> str:
     "A table of benchmark names and what they measure."
     return "\n".join(f"  {n:<10} {what}" for n, (_, _, what) in BENCHMARKS.items())
 
 def main(argv: list[str] | None = None):
-    "python -m nanochat_nb.bench NAME [benchmark flags]: run one benchmark (NAME --help lists its flags)."
-    argv = sys.argv[1:] if argv is None else argv
+    "python -m nanochat_nb.bench NAME [flags]: run one benchmark (NAME --help lists its flags); with `argv`, return its figures."
+    real = argv is None
+    argv = sys.argv[1:] if real else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m nanochat_nb.bench NAME [flags]\n\nbenchmarks:\n" + list_benchmarks())
+        print(f"usage: {program_name('nanochat_nb.bench')} NAME [flags]\n\nbenchmarks:\n" + list_benchmarks())
         return None
     try: bench = get_benchmark(argv[0])
     except (KeyError, NotImplementedError) as e:
         print(f"error: {e.args[0]}", file=sys.stderr); sys.exit(2)
-    return bench.cli(argv[1:])
+    if not real: return bench.cli(argv[1:])
+    run_command(lambda: bench.cli(argv[1:]), bench.parser().prog, argv[1:])   # a shell sees status 0, not the figures
 
 main.cli = main  # the console script `nanochat-bench` calls main.cli()
 

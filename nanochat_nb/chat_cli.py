@@ -6,7 +6,8 @@
 from __future__ import annotations
 import sys
 
-from .common import autodetect_device_type, script
+from .common import autodetect_device_type
+from .cli import script
 from .chat import ChatSession, load_chat_engine
 
 # %% auto #0

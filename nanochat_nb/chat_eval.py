@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .common import atomic_path, autodetect_device_type, compute_cleanup, compute_init, get_base_dir, print0, script
+from nanochat_nb.common import (atomic_path, autodetect_device_type, compute_cleanup, compute_init, get_base_dir,
+    print0)
+from .cli import script
 from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model
 from .evaluate import rank_items
 from .tasks import ARC, GSM8K, MMLU, HumanEval, SpellingBee, Task

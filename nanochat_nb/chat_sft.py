@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .common import all_gather_objects, autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0, script
+from nanochat_nb.common import (all_gather_objects, autodetect_device_type, compute_cleanup, compute_init, init_wandb,
+    print0)
+from .cli import script
 from .checkpoint import (checkpoints_root, clean_state_dict, find_largest_model, find_last_step, load_checkpoint,
                                     save_checkpoint, CONFIG_DEFAULTS)
 from .distributed import make_optimizer

@@ -12,7 +12,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from .common import autodetect_device_type, script
+from .common import autodetect_device_type
+from .cli import script
 from .checkpoint import PHASE_DIRS, checkpoints_root, find_largest_model, find_last_step
 from .chat import ReplyStream, conversation_tokens, load_chat_engine
 

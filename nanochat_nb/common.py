@@ -4,20 +4,19 @@
 
 # %% ../nbs/00_common.ipynb #25d413f4
 from __future__ import annotations
-import argparse, contextlib, fcntl, functools, gc, hashlib, inspect, os, random, socket, sys, time, typing
+import contextlib, fcntl, gc, hashlib, os, random, socket, sys, time
 import urllib.error, urllib.request, http.client
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from fastcore.docments import docments
 
 # %% auto #0
-__all__ = ['DTYPE_NAMES', 'PEAK_FLOPS_BF16', 'CLI_ERRORS', 'autodetect_device_type', 'parse_dtype', 'pick_dtype', 'compute_dtype',
+__all__ = ['DTYPE_NAMES', 'PEAK_FLOPS_BF16', 'autodetect_device_type', 'parse_dtype', 'pick_dtype', 'compute_dtype',
            'get_dist_info', 'is_ddp', 'print0', 'seed_everything', 'compute_init', 'compute_cleanup',
            'end_torchrun_worker', 'all_gather_objects', 'get_base_dir', 'atomic_path', 'DownloadError', 'file_lock',
-           'sha256_file', 'download_file', 'DummyWandb', 'init_wandb', 'get_peak_flops', 'mfu', 'make_cli', 'script']
+           'sha256_file', 'download_file', 'MissingPackageError', 'DummyWandb', 'init_wandb', 'get_peak_flops', 'mfu']
 
 # %% ../nbs/00_common.ipynb #78f12845
 def autodetect_device_type() -> str:
@@ -80,9 +79,13 @@ def compute_init(device_type: str | None = None, seed: int = 42):
     "Set up this process: seed, device, and the process group under torchrun. Returns `(ddp, rank, local_rank, world_size, device)`."
     device_type = device_type or autodetect_device_type()
     if device_type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device_type 'cuda' was asked for but torch sees no CUDA GPU; pass --device-type cpu")
+        raise ValueError("--device-type cuda: torch sees no CUDA GPU here (is this the CPU build of torch, or are the "
+                         "GPUs hidden by CUDA_VISIBLE_DEVICES?); use --device-type cpu, or leave it unset to autodetect")
     if device_type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device_type 'mps' was asked for but MPS is not available; pass --device-type cpu")
+        raise ValueError("--device-type mps: MPS (Apple silicon) is not available here; use --device-type cpu, "
+                         "or leave it unset to autodetect")
+    if device_type not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"--device-type {device_type!r}: use cuda, cpu or mps (or leave it unset to autodetect)")
     seed_everything(seed)
     if device_type == "cuda": torch.set_float32_matmul_precision("high")  # tf32 for any fp32 matmul left
     ddp, rank, local_rank, world_size = get_dist_info()
@@ -219,6 +222,9 @@ def download_file(url: str, path, sha256: str | None = None, retries: int = 5, t
                             + (f" (sha256 {sha256})" if sha256 else "") + ", then run again.")
 
 # %% ../nbs/00_common.ipynb #02b71e77
+class MissingPackageError(ImportError):
+    "A package this command needs is not installed (the message says which and how to install it)."
+
 class DummyWandb:
     "Stands in for a wandb run when none was asked for: every call is accepted and ignored."
     def __init__(self): self.logged = 0
@@ -230,9 +236,9 @@ def init_wandb(run: str | None, project: str = "nanochat_nb", config: dict | Non
     "A real wandb run named `run` on the master process; a `DummyWandb` when `run` is None/'dummy' or on other ranks."
     if not run or run == "dummy" or not master_process: return DummyWandb()
     try: import wandb
-    except ImportError as e:
-        raise ImportError(f"--run {run!r} asks for wandb logging but wandb is not installed: pip install wandb "
-                          "(or drop --run)") from e
+    except ImportError:
+        raise MissingPackageError(f"--run {run!r} asks for wandb logging but wandb is not installed: pip install wandb "
+                                  "(or drop --run)") from None
     kwargs.setdefault("dir", str(get_base_dir()))
     return wandb.init(project=project, name=run, config=config or {}, **kwargs)
 
@@ -255,68 +261,3 @@ def mfu(flops_per_token: float, tokens_per_sec: float, device_name: str, world_s
     "Model FLOPs utilization (0..1) across `world_size` GPUs, None when the GPU's peak is unknown."
     peak = get_peak_flops(device_name)
     return None if peak is None else flops_per_token * tokens_per_sec / (peak * world_size)
-
-# %% ../nbs/00_common.ipynb #27e4da26
-def _is_script_run(frame) -> bool:
-    "True if `frame` is the top level of a module being executed directly (`python -m mod`, `python file.py`)."
-    if frame is None or frame.f_locals is not frame.f_globals: return False
-    g = frame.f_globals
-    if g.get("__name__") != "__main__" or not g.get("__file__"): return False
-    return Path(g["__file__"]).resolve() == Path(frame.f_code.co_filename).resolve()
-
-def _arg_type(anno):
-    "The argparse `type` for an annotation (`int | None` -> int, `list`/unknown -> str)."
-    if isinstance(anno, str): anno = {"int": int, "float": float, "str": str, "bool": bool}.get(anno.split("|")[0].strip(), str)
-    args = [a for a in typing.get_args(anno) if a is not type(None)]
-    if args: anno = args[0]
-    return anno if anno in (int, float, str, bool) else str
-
-CLI_ERRORS = (ValueError, FileNotFoundError, FileExistsError, DownloadError)  # shown as one line (NANOCHAT_DEBUG=1: traceback)
-
-def make_cli(func, short: dict | None = None):
-    "Attach `func.parser()` and `func.cli(argv)`: docmented params become `--flag-name`/`--flag_name` options."
-    short = short or {}
-
-    def parser() -> argparse.ArgumentParser:
-        spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # under `python -m`, the real module name
-        mod = func.__module__ if func.__module__ != "__main__" else (spec.name if spec else Path(sys.argv[0]).stem)
-        p = argparse.ArgumentParser(prog=f"python -m {mod}", description=func.__doc__,
-                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        for name, d in docments(func, full=True, returns=False, eval_str=True).items():
-            name_ = name.rstrip("_")  # `from_` is the flag --from
-            hy = name_.replace("_", "-")
-            typ, default, help_ = _arg_type(d.anno), d.default, d.docment or " "
-            if default is inspect.Parameter.empty:  # no default: a positional argument
-                p.add_argument(name, metavar=name_.upper(), type=typ, help=help_)
-                continue
-            switch = typ is bool
-            kw = dict(action="store_false" if default else "store_true") if switch else dict(type=typ, metavar=name_.upper())
-            pre = "no-" if switch and default else ""
-            flags = [f"--{pre}{hy}"] + ([short[name]] if name in short else [])
-            p.add_argument(*flags, dest=name, default=default, help=help_, **kw)
-            if "_" in name_ or pre:  # the underscored spelling works too, without cluttering --help
-                p.add_argument(f"--{pre.replace('-', '_')}{name_}", dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
-        return p
-
-    def cli(argv=None):
-        "Parse `argv` and call the function; with no `argv` (a real command line) a user error exits with its message."
-        args = vars(parser().parse_args(argv))
-        if argv is not None: return func(**args)
-        if os.environ.get("NANOCHAT_DEBUG"): res = func(**args)
-        else:
-            try: res = func(**args)
-            except CLI_ERRORS as e:  # bad flags, missing files, no network: say what is wrong, not where in the code
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(1)
-        end_torchrun_worker()    # a command line under torchrun ends here (see its docstring); elsewhere it returns
-        return res
-
-    func.cli, func.parser = cli, parser
-    return func
-
-def script(func=None, *, short: dict | None = None):
-    "`make_cli`, and run the CLI when the decorating module is executed (`python -m`, `torchrun -m`)."
-    if func is None: return functools.partial(script, short=short)
-    make_cli(func, short)
-    if _is_script_run(inspect.currentframe().f_back): func.cli()
-    return func

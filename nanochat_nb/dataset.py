@@ -12,7 +12,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .common import atomic_path, download_file, file_lock, get_base_dir, print0, script
+from .common import atomic_path, download_file, file_lock, get_base_dir, print0
+from .cli import script
 
 # %% auto #0
 __all__ = ['TEXT_COLUMN', 'ROW_GROUP_SIZE', 'MANIFEST', 'CLIMBMIX_URL', 'CLIMBMIX_LAST_SHARD', 'NAMES', 'ANIMALS', 'COUNTRIES',

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .common import compute_init, compute_cleanup, print0, script
+from .common import compute_init, compute_cleanup, print0
+from .cli import script
 from .optim import MuonAdamW, adamw_update_, muon_update_, second_moment_shape
 
 # %% auto #0

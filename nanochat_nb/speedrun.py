@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from .common import atomic_path, get_base_dir, get_peak_flops, script
+from .common import atomic_path, get_base_dir, get_peak_flops
+from .cli import script
 from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model
 from .dataset import iter_documents
 from .engine import Engine

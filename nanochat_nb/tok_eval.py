@@ -6,7 +6,8 @@
 from __future__ import annotations
 import threading
 
-from .common import print0, script
+from .common import print0
+from .cli import script
 from .dataset import iter_documents
 from .tokenizer import Tokenizer, get_tokenizer
 

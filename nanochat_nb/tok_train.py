@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import print0, script
+from .common import print0
+from .cli import script
 from .dataset import get_data_dir, iter_documents, split_files
 from .tokenizer import SPECIAL_TOKENS, Tokenizer, default_tokenizer_dir
 

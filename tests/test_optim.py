@@ -4,7 +4,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import pytest
 
-from nanochat_nb.common import atomic_path, make_cli
+from nanochat_nb.common import atomic_path
+from nanochat_nb.cli import make_cli
 from nanochat_nb.optim import MuonAdamW, bench_optim, muon_param_groups
 
 
