@@ -4,8 +4,7 @@
 
 # %% ../nbs/00_common.ipynb #25d413f4
 from __future__ import annotations
-import contextlib, fcntl, gc, hashlib, os, random, socket, sys, time
-import urllib.error, urllib.request, http.client
+import contextlib, gc, os, random, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,8 @@ import torch.distributed as dist
 # %% auto #0
 __all__ = ['DTYPE_NAMES', 'PEAK_FLOPS_BF16', 'autodetect_device_type', 'parse_dtype', 'pick_dtype', 'compute_dtype',
            'get_dist_info', 'is_ddp', 'print0', 'seed_everything', 'compute_init', 'compute_cleanup',
-           'end_torchrun_worker', 'all_gather_objects', 'get_base_dir', 'atomic_path', 'DownloadError', 'file_lock',
-           'sha256_file', 'download_file', 'MissingPackageError', 'DummyWandb', 'init_wandb', 'get_peak_flops', 'mfu']
+           'end_torchrun_worker', 'all_gather_objects', 'get_base_dir', 'atomic_path', 'format_duration', 'Progress',
+           'progress', 'MissingPackageError', 'DummyWandb', 'init_wandb', 'get_peak_flops', 'mfu']
 
 # %% ../nbs/00_common.ipynb #78f12845
 def autodetect_device_type() -> str:
@@ -133,7 +132,10 @@ def get_base_dir() -> Path:
     "The folder for data, tokenizers, checkpoints and reports (`$NANOCHAT_BASE_DIR`, else ~/.cache/nanochat_nb); created if missing."
     d = os.environ.get("NANOCHAT_BASE_DIR")
     base = Path(d).expanduser() if d else Path.home() / ".cache" / "nanochat_nb"
-    base.mkdir(parents=True, exist_ok=True)
+    try: base.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError) as e:
+        raise ValueError(f"NANOCHAT_BASE_DIR={base}: cannot create this folder because {e.filename or base} is a file; "
+                         "point NANOCHAT_BASE_DIR at a folder") from None
     return base
 
 # %% ../nbs/00_common.ipynb #5ce9dc7f
@@ -151,75 +153,62 @@ def atomic_path(path):
     finally:
         if tmp.exists(): tmp.unlink()
 
-# %% ../nbs/00_common.ipynb #f275a9ec
-class DownloadError(RuntimeError):
-    "A download that could not be completed (the message says what to do instead)."
+# %% ../nbs/00_common.ipynb #50b40d2a
+def format_duration(seconds: float) -> str:
+    "`75` -> '1m15s', `3725` -> '1h02m', `8.4` -> '8.4s'; '?' when unknown (not a number, infinite, negative)."
+    if seconds is None or not (0 <= seconds < float("inf")): return "?"
+    if seconds < 60: return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    if seconds < 3600: return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
-@contextlib.contextmanager
-def file_lock(path):
-    "Exclusive inter-process lock tied to `path` (a hidden `.name.lock` file beside it)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+class Progress:
+    "A progress line with rate and ETA for a phase of `total` units; use as a context manager, call `update(n)`."
+    def __init__(self, total: float | None, desc: str, unit: str = "it", every: float = 10.0, delay: float = 2.0,
+                 file=None, enabled: bool | None = None, clock=time.monotonic):
+        self.total, self.desc, self.unit, self.every, self.delay, self.clock = total, desc, unit, every, delay, clock
+        self.file = file if file is not None else sys.stderr
+        self.enabled = (int(os.environ.get("RANK", "0")) == 0) if enabled is None else enabled
+        self.tty = bool(getattr(self.file, "isatty", lambda: False)())
+        self.done, self.t0, self.last, self.lines = 0, clock(), None, 0
 
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    "Hex sha256 of a file, read in chunks."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk): h.update(b)
-    return h.hexdigest()
+    def line(self) -> str:
+        el = self.clock() - self.t0
+        rate = self.done / el if el > 0 else 0.0
+        parts = [f"{self.desc}: {self.done:,.0f}" + (f"/{self.total:,.0f}" if self.total else "") + f" {self.unit}"]
+        if self.total: parts[0] += f" ({100 * self.done / self.total:.0f}%)"
+        parts.append(f"{rate:,.1f} {self.unit}/s" if rate < 100 else f"{rate:,.0f} {self.unit}/s")
+        parts.append(f"elapsed {format_duration(el)}")
+        if self.total and self.done < self.total:
+            parts.append(f"eta {format_duration((self.total - self.done) / rate) if rate > 0 else '?'}")
+        return " | ".join(parts)
 
-def _retryable(e: Exception) -> bool:
-    if isinstance(e, urllib.error.HTTPError): return e.code >= 500 or e.code in (408, 429)
-    return isinstance(e, (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, socket.timeout, OSError))
+    def _emit(self, final: bool = False):
+        if self.tty: self.file.write("\r\033[K" + self.line() + ("\n" if final else ""))
+        else: self.file.write(self.line() + "\n")
+        self.file.flush(); self.lines += 1
 
-def _fetch(url: str, dest: Path, timeout: float, chunk: int = 1 << 20) -> int:
-    "Stream `url` into `dest`; raise `http.client.IncompleteRead` if the server promised more than it sent."
-    req = urllib.request.Request(url, headers={"User-Agent": "nanochat_nb"})
-    with urllib.request.urlopen(req, timeout=timeout) as r, open(dest, "wb") as f:
-        expected = r.headers.get("Content-Length")
-        n = 0
-        while b := r.read(chunk):
-            f.write(b); n += len(b)
-    if expected is not None and n != int(expected): raise http.client.IncompleteRead(b"", int(expected) - n)
-    return n
+    def update(self, n: float = 1):
+        self.done += n
+        if not self.enabled: return
+        now = self.clock()
+        if now - self.t0 < self.delay: return
+        if self.last is None or now - self.last >= (0.2 if self.tty else self.every):
+            self.last = now; self._emit()
 
-def download_file(url: str, path, sha256: str | None = None, retries: int = 5, timeout: float = 30.0,
-                  backoff: float = 1.0, check=None, verbose: bool = False) -> Path:
-    "Download `url` to `path` atomically (retries with backoff, lock across processes, optional sha256 and `check(tmp_path)`)."
-    path = Path(path)
-    with file_lock(path):
-        if path.exists():
-            if sha256 is None or sha256_file(path) == sha256: return path
-            path.unlink()  # a stale or corrupt copy: fetch it again
-        last = None
-        for attempt in range(retries):
-            try:
-                with atomic_path(path) as tmp:
-                    n = _fetch(url, tmp, timeout)
-                    if sha256 is not None and (got := sha256_file(tmp)) != sha256:
-                        raise DownloadError(f"sha256 mismatch for {url}: expected {sha256}, got {got} "
-                                            f"({n:,} bytes); the file was not kept")
-                    if check is not None:  # e.g. "is this a readable parquet file?": retrying would get the same bytes
-                        try: check(tmp)
-                        except Exception as e: raise DownloadError(f"{url} was downloaded but its contents were rejected: {e}") from e
-                if verbose: print0(f"downloaded {url} -> {path} ({n:,} bytes)")
-                return path
-            except DownloadError: raise
-            except Exception as e:
-                last = e
-                if not _retryable(e): break
-                if attempt < retries - 1:
-                    wait = min(30.0, backoff * 2 ** attempt)
-                    if verbose: print0(f"download of {url} failed ({e}); retry {attempt + 1}/{retries - 1} in {wait:.1f}s")
-                    time.sleep(wait)
-        tried = f"{attempt + 1} attempt{'s' * (attempt > 0)}"
-        raise DownloadError(f"could not download {url} ({tried}; last error: {last!r}). If this machine is offline, "
-                            f"fetch the file elsewhere and place it at {path}"
-                            + (f" (sha256 {sha256})" if sha256 else "") + ", then run again.")
+    def close(self):
+        "A final line, if any line was printed (a quick phase stays silent)."
+        if self.enabled and self.last is not None: self._emit(final=True)
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+def progress(iterable, total: float | None = None, desc: str = "", unit: str = "it", **kwargs):
+    "Iterate with a `Progress` line (like tqdm): `for batch in progress(batches, desc='eval'): …`."
+    if total is None and hasattr(iterable, "__len__"): total = len(iterable)
+    with Progress(total, desc, unit, **kwargs) as p:
+        for x in iterable:
+            yield x
+            p.update()
 
 # %% ../nbs/00_common.ipynb #02b71e77
 class MissingPackageError(ImportError):

@@ -12,7 +12,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .common import atomic_path, download_file, file_lock, get_base_dir, print0
+from .common import atomic_path, get_base_dir, print0
+from .download import download_file, file_lock
 from .cli import script
 
 # %% auto #0

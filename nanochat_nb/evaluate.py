@@ -12,7 +12,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 
-from .common import DownloadError, download_file, file_lock, get_base_dir, print0
+from .common import get_base_dir, print0
+from .download import DownloadError, download_file, file_lock
 
 # %% auto #0
 __all__ = ['CORE_NUM_TASKS', 'EVAL_BUNDLE_URL', 'TASK_TYPES', 'SAMPLE_TASKS', 'RENDERERS', 'evaluate_bpb', 'centered_score',

@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .common import download_file, get_base_dir
+from .common import get_base_dir
+from .download import download_file
 from .dataset import make_arith_problem
 from .execution import CALC_ANNOTATION_RE, check_humaneval, use_calculator
 

@@ -1,5 +1,5 @@
 """base_train as a user runs it: the CLI on the embedded corpus, its errors, --dry-run, exact resume, torchrun."""
-import json, shutil, subprocess
+import json, os, shutil, subprocess, sys, threading
 import pytest
 import torch
 
@@ -37,8 +37,19 @@ def test_bad_flags_fail_at_start(prepared):
     assert p.returncode == 1 and "--depth 0" in p.stderr
     p = run_module("base_train", *TINY, "--total-batch-size", "1000", env=env, check=False)
     assert p.returncode == 1 and "--total-batch-size 1,000 is not a multiple" in p.stderr
-    p = run_module("base_train", *TINY, "--compile", "maybe", env=env, check=False)
-    assert p.returncode == 1 and "--compile 'maybe'" in p.stderr
+    p = run_module("base_train", *TINY, "--compile", "maybe", env=env, check=False)   # argparse checks the choices
+    assert p.returncode == 2 and "--compile: invalid choice: 'maybe'" in p.stderr
+    p = run_module("base_train", *TINY, "--device-type", "tpu", env=env, check=False)
+    assert p.returncode == 2 and "invalid choice: 'tpu'" in p.stderr and "Traceback" not in p.stderr
+    p = run_module("base_train", *TINY, "--device-batch-size", "0", env=env, check=False)
+    assert p.returncode == 1 and p.stderr.strip() == "error: --device-batch-size 0: must be at least 1"
+    if not torch.cuda.is_available():
+        p = run_module("base_train", *TINY, "--device-type", "cuda", env=env, check=False)
+        assert p.returncode == 1 and "Traceback" not in p.stderr and "--device-type cuda" in p.stderr
+    (base / "a_file").write_text("not a folder")
+    p = run_module("base_train", *TINY, "--base-dir", str(base / "a_file" / "inside"), env=env, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "--base-dir" in p.stderr and "is a file" in p.stderr
+
     p = run_module("base_train", *TINY, "--window-pattern", "SXL", env=env, check=False)
     assert p.returncode == 1 and "window_pattern" in p.stderr
 
@@ -53,6 +64,32 @@ def test_dry_run_prints_the_plan(prepared):
     # underscored flags are accepted too
     p = run_module("base_train", *["--" + t[2:].replace("-", "_") if t.startswith("--") else t for t in TINY], "--num_iterations", "3", "--dry_run", env=env)
     assert "3 iterations" in p.stdout
+
+
+def test_a_cpu_run_shows_progress_early_and_ctrl_c_says_how_to_resume(prepared):
+    """With the default validation size, a CPU run prints a progress line for its first validation within 30 s, and
+    Ctrl-C (SIGINT) ends it with one line naming the command that resumes, exit status 130, no traceback."""
+    import signal, time
+    base, env = prepared
+    args = ["--depth", "2", "--num-iterations", "30", "--device-type", "cpu", "--sample-every", "-1", "--model-tag", "progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "nanochat_nb.base_train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    t0 = time.time()
+    try:
+        while time.time() - t0 < 60 and not any("validation:" in l for l in lines): time.sleep(0.2)
+        took = time.time() - t0
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60); time.sleep(0.5)
+    finally:
+        if proc.poll() is None: proc.kill()
+    seen = "".join(lines)
+    assert "step 00000 validation:" in seen and took < 30, (took, seen)
+    assert "eta" in seen
+    assert proc.returncode == 130 and "Traceback" not in seen
+    assert seen.strip().splitlines()[-1] == ("interrupted; to continue from the last checkpoint run: python -m nanochat_nb.base_train "
+                                            + " ".join(args) + " --resume")
 
 
 def test_training_and_exact_resume_via_cli(prepared):

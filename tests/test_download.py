@@ -4,7 +4,7 @@ from pathlib import Path
 import pyarrow as pa, pyarrow.parquet as pq
 import pytest
 
-from nanochat_nb.common import DownloadError, download_file, sha256_file
+from nanochat_nb.download import DownloadError, download_file, sha256_file
 from nanochat_nb.dataset import ShardError, check_shard, download_shards, open_shard, shard_name, split_files
 
 

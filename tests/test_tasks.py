@@ -5,7 +5,7 @@ import pyarrow as pa, pyarrow.parquet as pq
 import pytest
 
 from conftest import SHARED_DATA
-from nanochat_nb.common import DownloadError
+from nanochat_nb.download import DownloadError
 from nanochat_nb.execution import use_calculator
 from nanochat_nb.tasks import (ARC, GSM8K, MMLU, CustomJSON, HumanEval, IdentityConversations, SmolTalk, SpellingBee,
                                SyntheticArithmetic, SyntheticSpelling, Task, TaskMixture, TaskSequence, extract_answer,
