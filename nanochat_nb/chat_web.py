@@ -434,34 +434,64 @@ CHAT_PAGE = r"""<!doctype html>
 <title>nanochat_nb</title><link rel="icon" href="data:,">
 <style>
 *{box-sizing:border-box}
-body{margin:0;font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;display:flex;height:100vh;color:#1f1f1f;background:#fff}
-#sidebar{width:250px;background:#f7f7f8;border-right:1px solid #e3e3e3;display:flex;flex-direction:column;padding:12px;gap:10px}
+body{margin:0;font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;display:flex;height:100vh;height:100dvh;color:#1f1f1f;background:#fff}
+#sidebar{width:250px;flex:none;background:#f7f7f8;border-right:1px solid #e3e3e3;display:flex;flex-direction:column;padding:12px;gap:10px}
 #chats{flex:1;overflow-y:auto;display:flex;flex-direction:column;gap:2px}
-.chat-item{padding:7px 9px;border-radius:6px;cursor:pointer;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;font-size:14px}
+.chat-item{display:flex;align-items:center;gap:2px;padding:4px 4px 4px 9px;border-radius:6px;cursor:pointer;font-size:14px}
 .chat-item:hover{background:#ececf1}.chat-item.active{background:#e3e3e8;font-weight:600}
+.chat-title{flex:1;min-width:0;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.chat-item button{border:none;background:none;padding:2px 5px;font-size:12px;color:#666;opacity:.65}
+.chat-item button:hover{opacity:1;background:#d9d9e0}
+.chat-item button.confirm{color:#b00020;opacity:1;font-weight:600}
+.rename-box{flex:1;min-width:0;font:inherit;padding:2px 4px}
 #settings{font-size:13px;border-top:1px solid #e3e3e3;padding-top:8px}
 #settings label{display:flex;justify-content:space-between;align-items:center;margin:5px 0}
 #settings input{width:80px;padding:3px}
 #status{font-size:12px;color:#777}
 main{flex:1;display:flex;flex-direction:column;min-width:0}
+#topbar{display:none;align-items:center;gap:10px;padding:8px 10px;border-bottom:1px solid #e3e3e3;font-size:15px}
+#backdrop{display:none}
 #messages{flex:1;overflow-y:auto;padding:20px max(20px,calc(50% - 390px))}
 #empty{color:#999;text-align:center;margin-top:30vh;font-size:20px}
-.message{margin:12px 0;padding:10px 14px;border-radius:12px;white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.5}
+.message{margin:12px 0;padding:10px 14px;border-radius:12px;white-space:pre-wrap;overflow-wrap:break-word;line-height:1.5}
 .message.user{background:#e8f0fe;margin-left:18%}
 .message.assistant{background:#f4f4f5;margin-right:18%}
 .message.streaming .content::after{content:"\25CF";color:#10a37f;margin-left:3px}
+.content>:first-child{margin-top:0}.content>:last-child{margin-bottom:0}
+.content p{margin:0 0 .6em}
+.content h1,.content h2,.content h3,.content h4,.content h5,.content h6{font-size:1.05em;margin:.7em 0 .3em}
+.content ul,.content ol{margin:.2em 0 .6em;padding-left:1.5em;white-space:normal}
+.content li{white-space:pre-wrap}
+.content blockquote{margin:.4em 0;padding-left:10px;border-left:3px solid #ccc;color:#555}
+.content code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;background:#e4e4e8;border-radius:4px;padding:1px 4px}
+.content pre{background:#24252a;color:#f0f0f0;padding:10px 12px;border-radius:8px;overflow-x:auto;white-space:pre;margin:.4em 0 .7em}
+.content pre code{background:none;padding:0;color:inherit;font-size:13px}
+.content a{color:#0b62c4}
+.content hr{border:none;border-top:1px solid #ccc}
 .actions{margin-top:6px;display:flex;gap:6px}
 .actions button{font-size:12px;padding:2px 8px}
-.tool-call,.tool-output{display:block;border-radius:6px;padding:4px 8px;margin:5px 0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
+.tool-call,.tool-output{display:block;border-radius:6px;padding:4px 8px;margin:5px 0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;white-space:pre-wrap}
 .tool-call{background:#fff4d6;border:1px solid #e0b84c}.tool-call::before{content:"calculator \2192  ";color:#8a6d1a;font-family:system-ui,sans-serif}
 .tool-output{background:#e2f5e4;border:1px solid #6cbf77}.tool-output::before{content:"result \2192  ";color:#2e7d3a;font-family:system-ui,sans-serif}
+.special{font:11px ui-monospace,Menlo,Consolas,monospace;color:#777;border:1px solid #ccc;border-radius:4px;padding:0 3px;margin:0 2px}
 .error{color:#b00020;font-size:14px;margin-top:6px}
 .edit-box{width:100%;min-height:60px;font:inherit;padding:6px}
 #composer{display:flex;gap:8px;padding:12px max(20px,calc(50% - 390px)) 18px;border-top:1px solid #e3e3e3}
-#input{flex:1;resize:none;height:56px;padding:9px;font:inherit;border:1px solid #ccc;border-radius:10px}
+#input{flex:1;min-width:0;resize:none;height:56px;padding:9px;font:inherit;border:1px solid #ccc;border-radius:10px}
 button{cursor:pointer;border:1px solid #ccc;background:#fff;border-radius:7px;padding:6px 12px;font:inherit}
 button.primary{background:#10a37f;color:#fff;border-color:#10a37f}
 button:disabled{opacity:.45;cursor:default}
+@media (max-width:700px){
+  #sidebar{position:fixed;top:0;left:0;bottom:0;z-index:20;width:min(82vw,290px);transform:translateX(-105%);
+           transition:transform .15s ease;box-shadow:2px 0 14px rgba(0,0,0,.18)}
+  body.sidebar-open #sidebar{transform:none}
+  body.sidebar-open #backdrop{display:block;position:fixed;inset:0;z-index:10;background:rgba(0,0,0,.3)}
+  #topbar{display:flex}
+  #messages{padding:10px}
+  .message.user{margin-left:10%}.message.assistant{margin-right:0}
+  #composer{padding:8px 10px 12px}
+  #composer button{padding:6px 9px}
+}
 </style></head>
 <body>
 <aside id="sidebar">
@@ -474,7 +504,9 @@ button:disabled{opacity:.45;cursor:default}
   </div>
   <div id="status">__MODEL__</div>
 </aside>
+<div id="backdrop"></div>
 <main>
+  <header id="topbar"><button id="menu" type="button" title="Chats and settings" aria-label="Chats and settings">&#9776;</button><span>__MODEL__</span></header>
   <div id="messages"></div>
   <form id="composer">
     <textarea id="input" placeholder="Message __MODEL__ (Enter sends, Shift+Enter for a new line)"></textarea>
@@ -490,36 +522,165 @@ let chats = [], current = null, controller = null, lastError = null;
 try { chats = JSON.parse(localStorage.getItem(KEY) || "[]"); } catch (e) { chats = []; }
 function save() { try { localStorage.setItem(KEY, JSON.stringify(chats)); } catch (e) {} }
 function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
-function button(label, cls, fn) { const b = el("button", cls, label); b.type = "button"; b.onclick = fn; return b; }
+function button(label, cls, fn, title) { const b = el("button", cls, label); b.type = "button"; b.onclick = fn; if (title) b.title = title; return b; }
 
+/* ---- a reply's parts: the same rule as reply_parts in Python ---- */
+const TOOL = /<\|(python_start|python_end|output_start|output_end)\|>/;
+const OPENS = {python_start: "python", output_start: "python_output"}, CLOSES = {python_end: "python", output_end: "python_output"};
+function replyParts(text) {
+  const parts = []; let cur = null;
+  text.split(TOOL).forEach((s, i) => {
+    if (i % 2 === 0) {                                     // text between two markers
+      if (!s) return;
+      if (!cur) { cur = {type: "text", text: ""}; parts.push(cur); }
+      cur.text += s;
+    } else if (s in OPENS) { cur = {type: OPENS[s], text: ""}; parts.push(cur); }   // a start marker ends any open span
+    else if (cur && cur.type === CLOSES[s]) cur = null;                              // a stray end marker is dropped
+  });
+  return parts;
+}
+
+/* ---- markdown to DOM nodes, made with createElement and textContent only: a reply cannot inject markup ---- */
+const SAFE_URL = /^(https?:|mailto:)/i;
+const LIST_ITEM = /^( *)([-*+]|\d{1,9}[.)])(?: +(.*)|$)/;
+const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
+const startsBlock = (l) => FENCE.test(l) || LIST_ITEM.test(l) || /^ {0,3}(#{1,6}\s|>)/.test(l);
+const INLINE = [   // [first character(s), sticky pattern, what to build]
+  ["\\", /\\([\\`*_{}\[\]()#+\-.!~|<>])/y, (p, m, add) => add(m[1])],
+  ["<", /<\|([a-z_]+)\|>/y, (p, m) => p.appendChild(el("span", "special", m[1]))],
+  ["`", /(`+)([^`][\s\S]{0,2000}?)\1(?!`)/y, (p, m) => p.appendChild(el("code", "", m[2]))],
+  ["[", /\[([^\[\]\n]{1,500})\]\(\s*<?([^\s()<>]{1,2000})>?(?:\s+"[^"\n]*")?\s*\)/y, (p, m, add) => {
+    if (!SAFE_URL.test(m[2])) return add(m[0]);            // javascript:, data: and friends stay text
+    const a = el("a"); a.href = m[2]; a.target = "_blank"; a.rel = "noopener noreferrer nofollow";
+    inline(a, m[1]); p.appendChild(a); }],
+  ["*", /\*\*(?=\S)([\s\S]{0,1000}?\S)\*\*/y, (p, m) => inline(p.appendChild(el("strong")), m[1])],
+  ["_", /__(?=\S)([\s\S]{0,1000}?\S)__(?![A-Za-z0-9_])/y, (p, m) => inline(p.appendChild(el("strong")), m[1]), true],
+  ["~", /~~(?=\S)([\s\S]{0,1000}?\S)~~/y, (p, m) => inline(p.appendChild(el("del")), m[1])],
+  ["*", /\*(?=[^\s*])([\s\S]{0,1000}?[^\s*])\*(?!\*)/y, (p, m) => inline(p.appendChild(el("em")), m[1])],
+  ["_", /_(?=[^\s_])([\s\S]{0,1000}?[^\s_])_(?![A-Za-z0-9_])/y, (p, m) => inline(p.appendChild(el("em")), m[1]), true],
+  ["h", /https?:\/\/[^\s<>"]*[^\s<>".,;:!?)\]'*_]/y, (p, m) => {
+    const a = el("a", "", m[0]); a.href = m[0]; a.target = "_blank"; a.rel = "noopener noreferrer nofollow"; p.appendChild(a); }, true],
+];
+function inline(parent, s) {
+  let buf = "";
+  const add = (t) => { buf += t; }, flush = () => { if (buf) { parent.appendChild(document.createTextNode(buf)); buf = ""; } };
+  for (let i = 0; i < s.length;) {
+    let hit = null;
+    for (const [first, re, build, wordStart] of INLINE) {
+      if (!first.includes(s[i]) || (wordStart && i > 0 && /[A-Za-z0-9]/.test(s[i - 1]))) continue;
+      re.lastIndex = i;
+      const m = re.exec(s);
+      if (m) { hit = [m, build]; break; }
+    }
+    if (!hit) { buf += s[i++]; continue; }
+    const [m, build] = hit;
+    flush(); build(parent, m, add);
+    i += m[0].length;
+  }
+  flush();
+}
+function renderList(parent, lines, i) {
+  const first = LIST_ITEM.exec(lines[i]), indent = first[1].length, ordered = /\d/.test(first[2]);
+  const list = parent.appendChild(el(ordered ? "ol" : "ul"));
+  if (ordered && parseInt(first[2], 10) !== 1) list.start = parseInt(first[2], 10);
+  while (i < lines.length) {
+    const m = LIST_ITEM.exec(lines[i]);
+    if (!m || m[1].length !== indent || /\d/.test(m[2]) !== ordered) break;
+    const body = [m[3] || ""], inner = indent + m[2].length + 1;
+    for (i++; i < lines.length; i++) {
+      const l = lines[i], lead = l.length - l.trimStart().length;
+      if (!l.trim()) {                                      // a blank line continues the item only before indented text
+        let j = i; while (j < lines.length && !lines[j].trim()) j++;
+        if (j < lines.length && lines[j].length - lines[j].trimStart().length > indent) { body.push(""); continue; }
+        break;
+      }
+      if (lead > indent) { body.push(l.slice(Math.min(lead, inner))); continue; }   // nested content
+      if (startsBlock(l)) break;
+      body.push(l.trim());                                   // a lazy continuation line
+    }
+    const li = list.appendChild(el("li"));
+    let k = 1; while (k < body.length && body[k].trim() && !startsBlock(body[k])) k++;
+    inline(li, body.slice(0, k).join("\n"));
+    if (k < body.length) markdown(li, body.slice(k).join("\n"));
+  }
+  return i;
+}
+function markdown(parent, src) {
+  const lines = src.replace(/\r\n?/g, "\n").split("\n");
+  for (let i = 0; i < lines.length;) {
+    const line = lines[i]; let m;
+    if (!line.trim()) { i++; continue; }
+    if ((m = FENCE.exec(line))) {                           // a fenced code block (still open while it streams)
+      const code = [];
+      for (i++; i < lines.length && !(lines[i].trim().startsWith(m[1]) && !lines[i].trim().slice(m[1].length).trim()); i++) code.push(lines[i]);
+      i++;
+      parent.appendChild(el("pre")).appendChild(el("code", m[2] ? "language-" + m[2] : "", code.join("\n")));
+    } else if ((m = /^ {0,3}(#{1,6})\s+(.*?)(\s+#+)?\s*$/.exec(line))) {
+      inline(parent.appendChild(el("h" + m[1].length)), m[2]); i++;
+    } else if (/^ {0,3}([-*_])( *\1){2,} *$/.test(line)) {
+      parent.appendChild(el("hr")); i++;
+    } else if (/^ {0,3}>/.test(line)) {
+      const quote = [];
+      while (i < lines.length && /^ {0,3}>/.test(lines[i])) quote.push(lines[i++].replace(/^ {0,3}> ?/, ""));
+      markdown(parent.appendChild(el("blockquote")), quote.join("\n"));
+    } else if (LIST_ITEM.test(line)) {
+      i = renderList(parent, lines, i);
+    } else {
+      const para = [line];
+      for (i++; i < lines.length && lines[i].trim() && !startsBlock(lines[i]); i++) para.push(lines[i]);
+      inline(parent.appendChild(el("p")), para.join("\n").trim());
+    }
+  }
+}
+function renderReply(box, text) {
+  box.textContent = "";
+  for (const part of replyParts(text)) {
+    if (part.type === "text") markdown(box, part.text);
+    else inline(box.appendChild(el("div", part.type === "python" ? "tool-call" : "tool-output")), part.text);
+  }
+}
+
+/* ---- the sidebar: conversations, rename, delete; a drawer on narrow screens ---- */
+const closeSidebar = () => document.body.classList.remove("sidebar-open");
 function newChat() {
   if (controller) return;
+  closeSidebar();
   if (current && current.messages.length === 0) { $("input").focus(); return; }
   current = {id: Date.now() + "-" + Math.random().toString(36).slice(2), title: "New chat", messages: []};
   chats.unshift(current); save(); lastError = null; render(); $("input").focus();
 }
-
-const MARK = /<\|python_start\|>([\s\S]*?)(?:<\|python_end\|>|$)|<\|output_start\|>([\s\S]*?)(?:<\|output_end\|>|$)/g;
-function renderReply(box, text) {
-  box.textContent = ""; MARK.lastIndex = 0; let pos = 0, m;
-  while ((m = MARK.exec(text)) !== null) {
-    if (m.index > pos) box.appendChild(document.createTextNode(text.slice(pos, m.index)));
-    const call = m[1] !== undefined;
-    box.appendChild(el("span", call ? "tool-call" : "tool-output", call ? m[1] : m[2]));
-    pos = m.index + m[0].length;
-  }
-  if (pos < text.length) box.appendChild(document.createTextNode(text.slice(pos)));
+function renameChat(c, row, title) {
+  const box = el("input", "rename-box"); box.value = c.title;
+  let done = false;
+  const finish = (keep) => { if (done) return; done = true; if (keep && box.value.trim()) { c.title = box.value.trim().slice(0, 100); save(); } renderChats(); };
+  box.onkeydown = (e) => { if (e.key === "Enter") finish(true); else if (e.key === "Escape") finish(false); };
+  box.onblur = () => finish(true);
+  box.onclick = (e) => e.stopPropagation();
+  row.replaceChild(box, title); box.focus(); box.select();
 }
-
+function deleteChat(c, b) {
+  if (controller && c === current) return;
+  if (!b.classList.contains("confirm")) {                   // a first click asks, a second one deletes
+    b.classList.add("confirm"); b.textContent = "delete?";
+    setTimeout(() => { b.classList.remove("confirm"); b.textContent = "\u2715"; }, 3000);
+    return;
+  }
+  chats = chats.filter((x) => x !== c); save();
+  if (c === current) { current = chats[0] || null; lastError = null; }
+  if (current) render(); else newChat();
+}
 function renderChats() {
   const box = $("chats"); box.textContent = "";
   for (const c of chats) {
-    const d = el("div", "chat-item" + (c === current ? " active" : ""), c.title);
-    d.onclick = () => { if (!controller) { current = c; lastError = null; render(); } };
-    box.appendChild(d);
+    const row = el("div", "chat-item" + (c === current ? " active" : "")), title = el("span", "chat-title", c.title);
+    row.append(title, button("\u270E", "rename", (e) => { e.stopPropagation(); renameChat(c, row, title); }, "Rename"),
+               button("\u2715", "delete", (e) => { e.stopPropagation(); deleteChat(c, e.currentTarget); }, "Delete"));
+    row.onclick = () => { if (!controller) { current = c; lastError = null; closeSidebar(); render(); } };
+    box.appendChild(row);
   }
 }
 
+/* ---- the conversation ---- */
 function messageEl(msg, i) {
   const d = el("div", "message " + msg.role), body = el("div", "content");
   if (msg.role === "assistant") renderReply(body, msg.content); else body.textContent = msg.content;
@@ -534,7 +695,6 @@ function messageEl(msg, i) {
   if (last && lastError) d.appendChild(el("div", "error", lastError));
   return d;
 }
-
 function render() {
   renderChats();
   const box = $("messages"); box.textContent = "";
@@ -542,7 +702,6 @@ function render() {
   current.messages.forEach((m, i) => box.appendChild(messageEl(m, i)));
   box.scrollTop = box.scrollHeight;
 }
-
 function edit(i, d) {
   if (controller) return;
   const ta = el("textarea", "edit-box"); ta.value = current.messages[i].content;
@@ -555,14 +714,12 @@ function edit(i, d) {
   actions.append(button("Save & submit", "save-edit primary", submit), button("Cancel", "cancel-edit", render));
   d.textContent = ""; d.append(ta, actions); ta.focus();
 }
-
 function regenerate() {
   if (controller) return;
   const msgs = current.messages;
   if (msgs.length && msgs[msgs.length - 1].role === "assistant") msgs.pop();
   lastError = null; render(); generate();
 }
-
 async function send() {
   const text = $("input").value.trim();
   if (!text || controller) return;
@@ -572,7 +729,6 @@ async function send() {
   if (current.title === "New chat") current.title = text.slice(0, 48);
   lastError = null; save(); render(); await generate();
 }
-
 function setBusy(b) { $("send").disabled = b; $("stop").disabled = !b; }
 const num = (id) => Number($(id).value);
 
@@ -583,6 +739,8 @@ async function generate() {
   current.messages.push(reply); render();
   const node = $("messages").lastChild, body = node.querySelector(".content");
   node.classList.add("streaming");
+  let frame = 0;                                           // redraw at most once per frame, however fast tokens come
+  const redraw = () => { frame = 0; renderReply(body, reply.content); $("messages").scrollTop = $("messages").scrollHeight; };
   try {
     const res = await fetch("/chat/completions", {method: "POST", headers: {"Content-Type": "application/json"}, signal: controller.signal,
       body: JSON.stringify({messages: history, temperature: num("temperature"), top_k: num("top-k"), max_tokens: num("max-tokens")})});
@@ -604,13 +762,14 @@ async function generate() {
           if (!line.startsWith("data: ")) continue;
           const data = JSON.parse(line.slice(6));
           if (data.error) throw new Error(data.error);
-          if (data.token !== undefined) { reply.content += data.token; renderReply(body, reply.content); $("messages").scrollTop = $("messages").scrollHeight; }
+          if (data.token !== undefined) { reply.content += data.token; if (!frame) frame = requestAnimationFrame(redraw); }
         }
       }
     }
   } catch (e) {
     if (e.name !== "AbortError") lastError = "Error: " + e.message;
   } finally {
+    if (frame) cancelAnimationFrame(frame);
     controller = null; setBusy(false);
     if (!reply.content) current.messages.pop();
     save(); render();
@@ -621,6 +780,8 @@ $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); })
 $("input").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); } });
 $("stop").onclick = () => { if (controller) controller.abort(); };
 $("new-chat").onclick = newChat;
+$("menu").onclick = () => document.body.classList.toggle("sidebar-open");
+$("backdrop").onclick = closeSidebar;
 fetch("/health").then((r) => r.json()).then((h) => { $("status").textContent = h.model + " \u00b7 " + h.num_replicas + " replica" + (h.num_replicas === 1 ? "" : "s"); }).catch(() => {});
 if (chats.length) { current = chats[0]; render(); } else newChat();
 </script>
