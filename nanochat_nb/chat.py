@@ -9,27 +9,32 @@ import html, random, re, threading
 import torch
 
 from .common import autodetect_device_type
-from .checkpoint import load_model
+from .checkpoint import checkpoints_root, find_largest_model, find_last_step, list_steps, load_model
 from .engine import Engine
 from .gpt import GPT, GPTConfig
 
 # %% auto #0
-__all__ = ['TOOL_MARKERS', 'CHAT_SOURCES', 'reply_parts', 'reply_ids', 'ReplyGPT', 'reply_gpt', 'conversation_tokens',
-           'TextDeltas', 'ReplyStream', 'load_chat_engine', 'ChatSession', 'chat_html', 'ChatWidget']
+__all__ = ['TOOL_MARKERS', 'GREEDY_BELOW', 'CHAT_SOURCES', 'TRAIN_COMMANDS', 'DEVICE_TYPES', 'reply_parts', 'reply_ids',
+           'ReplyGPT', 'reply_gpt', 'conversation_tokens', 'TextDeltas', 'ReplyStream', 'chat_device',
+           'chat_checkpoint', 'load_chat_engine', 'ChatSession', 'chat_html', 'ChatWidget', 'newest_chat_checkpoint']
 
 # %% ../nbs/13_chat.ipynb #e9f7926d
 TOOL_MARKERS = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")
-_TOOL_RE = re.compile(r"<\|python_start\|>(.*?)(?:<\|python_end\|>|\Z)|<\|output_start\|>(.*?)(?:<\|output_end\|>|\Z)", re.S)
+_TOOL_SPLIT = re.compile(r"<\|(python_start|python_end|output_start|output_end)\|>")
+_OPENS = {"python_start": "python", "output_start": "python_output"}
+_CLOSES = {"python_end": "python", "output_end": "python_output"}
 
 def reply_parts(text: str) -> list[dict]:
     "A reply as it was streamed (calculator calls inline, between their markers) -> nanochat's list of parts."
-    parts, pos = [], 0
-    for m in _TOOL_RE.finditer(text):
-        if m.start() > pos: parts.append({"type": "text", "text": text[pos:m.start()]})
-        if m.group(1) is not None: parts.append({"type": "python", "text": m.group(1)})
-        else: parts.append({"type": "python_output", "text": m.group(2)})
-        pos = m.end()
-    if pos < len(text): parts.append({"type": "text", "text": text[pos:]})
+    parts, cur = [], None                           # cur: the part text goes into (None: the next text starts a text part)
+    for i, s in enumerate(_TOOL_SPLIT.split(text)):
+        if i % 2 == 0:                              # text between two markers
+            if not s: continue
+            if cur is None: cur = {"type": "text", "text": ""}; parts.append(cur)
+            cur["text"] += s
+        elif s in _OPENS: cur = {"type": _OPENS[s], "text": ""}; parts.append(cur)   # a start marker ends any open span
+        elif cur is not None and cur["type"] == _CLOSES[s]: cur = None             # the end of the open span
+        # an end marker with no span of its kind open carries nothing: it is dropped
     return parts
 
 def reply_ids(tokenizer, text: str) -> list[int]:
@@ -102,10 +107,13 @@ class TextDeltas:
         return text
 
 # %% ../nbs/13_chat.ipynb #08b48e72
+GREEDY_BELOW = 1e-30   # temperatures under this decode greedily: logits / T would overflow 32-bit floats
+
 class ReplyStream:
     "Iterate for the text deltas of one reply; afterwards `finish_reason` ('stop', 'length', 'cancelled') and `tokens`."
     def __init__(self, engine, prompt: list[int], max_tokens: int = 512, temperature: float = 0.6, top_k: int | None = 50,
                  seed: int | None = None, stop_event: threading.Event | None = None):
+        temperature = 0.0 if 0 <= temperature < GREEDY_BELOW else temperature
         self.engine, self.prompt, self.max_tokens, self.temperature, self.top_k = engine, prompt, max_tokens, temperature, top_k
         self.seed = random.randrange(2**31) if seed is None else seed
         self.stop_event, self.tokens, self.finish_reason = stop_event, [], None
@@ -131,12 +139,45 @@ class ReplyStream:
         return "".join(self)
 
 # %% ../nbs/13_chat.ipynb #0544e4bf
-CHAT_SOURCES = ("base", "sft", "rl")
+CHAT_SOURCES = ("base", "mid", "sft", "rl")
+TRAIN_COMMANDS = {"base": "python -m nanochat_nb.base_train", "mid": "python -m nanochat_nb.chat_sft --stage mid",
+                  "sft": "python -m nanochat_nb.chat_sft", "rl": "python -m nanochat_nb.chat_rl"}
+DEVICE_TYPES = ("cuda", "cpu", "mps")
+
+def chat_device(device_type: str = "") -> str:
+    "`device_type` (a --device-type flag) checked against this machine; the best device here when it is empty."
+    if not device_type: return autodetect_device_type()
+    if device_type not in DEVICE_TYPES:
+        raise ValueError(f"--device-type {device_type!r} is not a device type; choose cuda, cpu or mps (or leave it out to autodetect)")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        build = " (this torch is a CPU-only build)" if torch.version.cuda is None else ""
+        raise ValueError(f"--device-type cuda, but torch sees no CUDA GPU on this machine{build}; use --device-type cpu "
+                         "or leave the flag out to autodetect")
+    if device_type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device-type mps, but MPS (Apple's GPU) is not available here; use --device-type cpu or leave the flag out")
+    return device_type
+
+def chat_checkpoint(source: str = "sft", model_tag: str | None = None, step: int | None = None, base_dir=None) -> tuple[str, int]:
+    "`(model_tag, step)` of phase `source` (default: the deepest tag, its last step); errors list what exists."
+    if source not in CHAT_SOURCES:
+        raise ValueError(f"-i/--source {source!r} is not a phase to chat with; choose one of {', '.join(CHAT_SOURCES)}")
+    root = checkpoints_root(source, base_dir)
+    tags = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not tags:
+        raise FileNotFoundError(f"no {source} checkpoints in {root}: train one first ({TRAIN_COMMANDS[source]}, or the whole "
+                                "pipeline with python -m nanochat_nb.speedrun), or point NANOCHAT_BASE_DIR at a run that has one")
+    if model_tag is None: model_tag = find_largest_model(root)
+    elif model_tag not in tags:
+        raise FileNotFoundError(f"-g/--model-tag {model_tag}: there is no such {source} model in {root}; the tags there: {', '.join(tags)}")
+    if step is None: return model_tag, find_last_step(root / model_tag)
+    if step not in (steps := list_steps(root / model_tag)):
+        raise FileNotFoundError(f"-s/--step {step}: {source} model {model_tag} has no complete checkpoint at that step; "
+                                f"its steps: {', '.join(map(str, steps)) or 'none'}")
+    return model_tag, step
 
 def load_chat_engine(source: str = "sft", device=None, model_tag: str | None = None, step: int | None = None):
-    "`(engine, meta)` for the checkpoint of phase `source` ('base', 'sft' or 'rl') on `device` (default: autodetect)."
-    if source not in CHAT_SOURCES and source != "mid":
-        raise ValueError(f"-i/--source {source!r} is not a phase to chat with; choose one of {list(CHAT_SOURCES)}")
+    "`(engine, meta)` for the checkpoint of phase `source` ('base', 'mid', 'sft' or 'rl') on `device` (default: autodetect)."
+    model_tag, step = chat_checkpoint(source, model_tag, step)
     device = torch.device(device or autodetect_device_type())
     model, tokenizer, meta = load_model(source, device, "eval", model_tag, step)
     return Engine(model, tokenizer), meta
@@ -169,6 +210,11 @@ class ChatSession:
 
 # %% ../nbs/13_chat.ipynb #5e8fc1b2
 _TOOL_STYLE = {"python": "background:#fff4d6;border:1px solid #e0b84c", "python_output": "background:#e2f5e4;border:1px solid #6cbf77"}
+_SPECIAL = re.compile(r"&lt;\|([a-z_]+)\|&gt;")
+
+def _escape(text: str) -> str:
+    "HTML-escaped text; any other special token the model wrote (`<|user_start|>`...) becomes a small grey label."
+    return _SPECIAL.sub(r'<span class="special" style="color:#777;font-size:smaller">\1</span>', html.escape(text))
 
 def chat_html(messages: list[dict]) -> str:
     "The transcript as HTML: one block per message; calculator calls and outputs in boxes of their own."
@@ -179,7 +225,7 @@ def chat_html(messages: list[dict]) -> str:
         else:
             body = ""
             for p in reply_parts(m["content"]):
-                t = html.escape(p["text"])
+                t = _escape(p["text"])
                 if p["type"] == "text": body += t
                 else:
                     label = "calculator" if p["type"] == "python" else "result"
@@ -226,3 +272,15 @@ class ChatWidget:
         self.transcript.value = ""
 
     def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)   # shows as the widget
+
+# %% ../nbs/13_chat.ipynb #cbd116af
+def newest_chat_checkpoint(base_dir=None, sources=("sft", "rl")) -> dict | None:
+    "The most recently written complete checkpoint of the chat phases `sources`: {source, model_tag, step, path}, or None."
+    best = None
+    for source in sources:
+        root = checkpoints_root(source, base_dir)
+        for d in (p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
+            for step in list_steps(d):
+                t = (d / f"model_{step:06d}.pt").stat().st_mtime
+                if best is None or t > best[0]: best = (t, dict(source=source, model_tag=d.name, step=step, path=d))
+    return best and best[1]

@@ -4,23 +4,26 @@
 
 # %% ../nbs/13a_chat_web.ipynb #9b328196
 from __future__ import annotations
-import asyncio, json, socket, threading, time, uuid
+import asyncio, contextlib, json, socket, sys, threading, time, uuid
 from dataclasses import asdict, dataclass
 
+import h11
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .common import autodetect_device_type
 from .cli import script
-from .checkpoint import PHASE_DIRS, checkpoints_root, find_largest_model, find_last_step
-from .chat import ReplyStream, conversation_tokens, load_chat_engine
+from .chat import ReplyStream, chat_checkpoint, chat_device, conversation_tokens, load_chat_engine, reply_parts
 
 # %% auto #0
-__all__ = ['CHAT_PAGE', 'ChatLimits', 'ChatRequest', 'RequestError', 'parse_chat_request', 'sse', 'parse_sse', 'Replica',
-           'ReplicaPool', 'Generation', 'create_app', 'bind_socket', 'BackgroundServer', 'SlowEngine',
-           'replica_devices', 'load_replicas', 'main']
+__all__ = ['ROUTES', 'CHAT_PAGE', 'ChatLimits', 'ChatRequest', 'RequestError', 'parse_chat_request', 'sse', 'parse_sse',
+           'tool_calls', 'Replica', 'ReplicaPool', 'Generation', 'read_body', 'AccessLog', 'AccessLogMiddleware',
+           'create_app', 'bind_socket', 'DeadlineH11Protocol', 'deadline_protocol', 'server_config', 'BackgroundServer',
+           'SlowEngine', 'replica_devices', 'load_replicas', 'main']
 
 # %% ../nbs/13a_chat_web.ipynb #1f821811
 @dataclass
@@ -32,8 +35,9 @@ class ChatLimits:
     max_max_tokens: int = 4096             # the largest max_tokens a request may ask for
     max_temperature: float = 2.0           # temperature range is [0, max_temperature]
     max_top_k: int = 200                   # top-k range is [0, max_top_k] (0: the whole vocabulary)
-    max_body_bytes: int = 1_000_000        # bytes in a request body
+    max_body_bytes: int = 1_000_000        # bytes in a request body (a larger one is refused before it is read)
     max_queue: int = 1000                  # requests waiting for a replica before the server answers 503
+    request_timeout: float = 30.0          # seconds a client may take to send one whole request, headers and body
 
 @dataclass
 class ChatRequest:
@@ -57,13 +61,20 @@ class RequestError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 # %% ../nbs/13a_chat_web.ipynb #5d495824
+def _brief(v) -> str:
+    "A JSON value, short, for an error message (a container is named, never walked: it may be nested 10,000 deep)."
+    if isinstance(v, dict): return "an object"
+    if isinstance(v, list): return "a list"
+    if isinstance(v, str): return repr(v if len(v) <= 40 else v[:40] + "...")
+    return json.dumps(v)[:40]
+
 def _number(data: dict, key: str, default, lo, hi, integer: bool):
     "data[key] (or `default`) as a number in [lo, hi], or a RequestError naming `key` and the range."
     v = data.get(key)
     if v is None: return default
     kind = "an integer" if integer else "a number"
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if isinstance(v, bool) or not ok: raise RequestError(f"'{key}' must be {kind} in [{lo}, {hi}], not {json.dumps(v)[:40]}", key)
+    if isinstance(v, bool) or not ok: raise RequestError(f"'{key}' must be {kind} in [{lo}, {hi}], not {_brief(v)}", key)
     if not lo <= v <= hi: raise RequestError(f"'{key}' is {v}; it must be in [{lo}, {hi}]", key, code=f"{key}_out_of_range")
     return v
 
@@ -75,6 +86,9 @@ def _content(m: dict, i: int) -> str:
             raise RequestError(f"messages[{i}].content: only text parts ({{'type': 'text', 'text': ...}}) are supported", f"messages[{i}].content")
         c = "".join(p["text"] for p in c)
     if not isinstance(c, str): raise RequestError(f"messages[{i}].content must be a string, not {type(c).__name__}", f"messages[{i}].content")
+    try: c.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"messages[{i}].content is not valid Unicode (it holds a lone surrogate such as \\ud800)", f"messages[{i}].content") from None
     return c
 
 def parse_chat_request(body: bytes, limits: ChatLimits, temperature: float = 0.8, top_k: int = 50, max_tokens: int = 512,
@@ -83,8 +97,10 @@ def parse_chat_request(body: bytes, limits: ChatLimits, temperature: float = 0.8
     if len(body) > limits.max_body_bytes:
         raise RequestError(f"the request body is {len(body):,} bytes; the limit is {limits.max_body_bytes:,}", None, 413, "body_too_large")
     try: data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise RequestError(f"malformed JSON in the request body: {e}", code="malformed_json")
-    if not isinstance(data, dict): raise RequestError(f"the body must be a JSON object with a 'messages' list, not a {type(data).__name__}")
+    except RecursionError:
+        raise RequestError("the request body nests JSON too deeply (a chat request needs 4 levels)", code="malformed_json") from None
+    except ValueError as e: raise RequestError(f"malformed JSON in the request body: {e}", code="malformed_json") from None
+    if not isinstance(data, dict): raise RequestError(f"the body must be a JSON object with a 'messages' list, not {_brief(data)}")
     msgs = data.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise RequestError("'messages' must be a non-empty list of {'role': ..., 'content': ...}", "messages")
@@ -98,7 +114,7 @@ def parse_chat_request(body: bytes, limits: ChatLimits, temperature: float = 0.8
         want = "user" if k % 2 == 0 else "assistant"
         if role == "system" and i == 0: pass
         elif role != want:
-            raise RequestError(f"messages[{i}].role is {role!r} but must be {want!r}: after an optional first 'system' "
+            raise RequestError(f"messages[{i}].role is {_brief(role)} but must be {want!r}: after an optional first 'system' "
                                "message, 'user' and 'assistant' alternate", f"messages[{i}].role")
         if role == "user" and not content.strip(): raise RequestError(f"messages[{i}] (user) is empty", f"messages[{i}].content")
         if len(content) > limits.max_message_chars:
@@ -117,7 +133,7 @@ def parse_chat_request(body: bytes, limits: ChatLimits, temperature: float = 0.8
     _number(data, "n", 1, 1, 1, True)
     seed = _number(data, "seed", None, 0, 2**63 - 1, True)
     s = data.get("stream", stream)
-    if not isinstance(s, bool): raise RequestError(f"'stream' must be true or false, not {json.dumps(s)[:20]}", "stream")
+    if not isinstance(s, bool): raise RequestError(f"'stream' must be true or false, not {_brief(s)}", "stream")
     opts = data.get("stream_options") or {}
     return ChatRequest(out, float(t), int(k), int(n), s, seed, bool(isinstance(opts, dict) and opts.get("include_usage")))
 
@@ -135,6 +151,20 @@ def parse_sse(text: str) -> list:
                 d = line[6:]
                 out.append(d if d == "[DONE]" else json.loads(d))
     return out
+
+# %% ../nbs/13a_chat_web.ipynb #d1f2cfe0
+def tool_calls(text: str, final: bool = True, prefix: str = "call_") -> list[dict]:
+    "The calculator calls in a reply, in OpenAI's `tool_calls` form plus the `output` the server computed; `final=False`: complete calls only."
+    parts, calls = reply_parts(text), []
+    for i, p in enumerate(parts):
+        if p["type"] != "python": continue
+        out = parts[i + 1] if i + 1 < len(parts) and parts[i + 1]["type"] == "python_output" else None
+        after = i + (2 if out else 1)                                  # the index of the part that follows the call
+        if not (final or after < len(parts) or (out and text.endswith("<|output_end|>"))): break   # still streaming
+        calls.append({"id": f"{prefix}{len(calls)}", "type": "function",
+                      "function": {"name": "calculator", "arguments": json.dumps({"expression": p["text"]})},
+                      "output": out["text"] if out else None})
+    return calls
 
 # %% ../nbs/13a_chat_web.ipynb #9e4ae971
 @dataclass
@@ -221,19 +251,76 @@ class Generation:
                 yield item
         finally: self.stop.set()                                           # a no-op after a normal end; else stops the thread
 
+# %% ../nbs/13a_chat_web.ipynb #e901b007
+async def read_body(request: Request, limit: int) -> bytes:
+    "The request body; over `limit` bytes it is refused with a 413 before it is read (by its Content-Length, or as chunks arrive)."
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"the request body is {int(declared):,} bytes; the limit is {limit:,}", None, 413, "body_too_large")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"the request body is more than {limit:,} bytes; the limit is {limit:,}", None, 413, "body_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestError("the client went away before its request body arrived", None, 400, "client_disconnected") from None
+    return b"".join(chunks)
+
+# %% ../nbs/13a_chat_web.ipynb #89bfb68e
+class AccessLog:
+    "One line per request to `stream`, when its response ends: time, client, request line, status, bytes sent, seconds."
+    def __init__(self, stream): self.stream = stream
+
+    def write(self, client: str, request: str, status, size: int, seconds: float, note: str = ""):
+        print(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {client} "{request}" {status} {size} {seconds:.3f}s{note}',
+              file=self.stream, flush=True)
+
+    @staticmethod
+    def request_line(scope) -> str:
+        "The request line as the client sent it (the raw path, so an encoded newline cannot forge a log line)."
+        path = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"): path += b"?" + scope["query_string"]
+        shown = path[:300].decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', "%22")
+        return f'{scope["method"]} {shown} HTTP/{scope["http_version"]}'
+
+class AccessLogMiddleware:
+    "ASGI middleware that writes each request to an `AccessLog` once its response is complete (or the client left)."
+    def __init__(self, app, log: AccessLog): self.app, self.log = app, log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http": return await self.app(scope, receive, send)
+        t0, seen = time.perf_counter(), {"status": None, "bytes": 0, "done": False}
+        async def logged_send(message):
+            if message["type"] == "http.response.start": seen["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                seen["bytes"] += len(message.get("body", b"")); seen["done"] = not message.get("more_body", False)
+            await send(message)
+        try: await self.app(scope, receive, logged_send)
+        except BaseException: seen["status"] = seen["status"] or 500; raise
+        finally:
+            c = scope.get("client")
+            self.log.write(f"{c[0]}:{c[1]}" if c else "-", AccessLog.request_line(scope), seen["status"] or "-", seen["bytes"],
+                           time.perf_counter() - t0, "" if seen["done"] else " (client left)")
+
 # %% ../nbs/13a_chat_web.ipynb #1d392e81
 def _context_len(engine) -> int:
     "Positions the model can attend over (its rotary table)."
     cos = getattr(engine.model, "cos", None)
     return cos.size(1) if cos is not None else engine.model.config.sequence_len
 
+ROUTES = "GET /, GET /health, GET /stats, POST /chat/completions, GET /v1/models, POST /v1/chat/completions"
+
 def create_app(engines: list, model_name: str = "nanochat_nb", limits: ChatLimits | None = None, temperature: float = 0.8,
-               top_k: int = 50, max_tokens: int = 512) -> FastAPI:
+               top_k: int = 50, max_tokens: int = 512, access_log=None) -> FastAPI:
     "The FastAPI app serving `engines` (one replica each): the page, nanochat's API, OpenAI's API, /health and /stats."
     limits = limits or ChatLimits()
-    app = FastAPI(title="nanochat_nb", docs_url=None, redoc_url=None)
+    app = FastAPI(title="nanochat_nb", docs_url=None, redoc_url=None, openapi_url=None)
     pool = ReplicaPool(engines, limits.max_queue)
-    app.state.pool, app.state.limits, app.state.model_name = pool, limits, model_name
+    log = AccessLog(access_log) if access_log is not None else None
+    app.state.pool, app.state.limits, app.state.model_name, app.state.access_log = pool, limits, model_name, log
+    if log: app.add_middleware(AccessLogMiddleware, log=log)
     tokenizer, context = engines[0].tokenizer, min(_context_len(e) for e in engines)
     page = (CHAT_PAGE.replace("__TEMPERATURE__", str(temperature)).replace("__TOP_K__", str(top_k))
             .replace("__MAX_TOKENS__", str(max_tokens)).replace("__MAX_MAX_TOKENS__", str(limits.max_max_tokens))
@@ -242,8 +329,21 @@ def create_app(engines: list, model_name: str = "nanochat_nb", limits: ChatLimit
     @app.exception_handler(RequestError)
     async def _bad_request(request: Request, e: RequestError): return JSONResponse(e.body(), status_code=e.status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _no_route(request: Request, e: StarletteHTTPException):     # unknown paths and methods, in OpenAI's error shape
+        where = f"{request.method} {request.url.path}"
+        msg = {404: f"unknown path: {where}; this server answers {ROUTES}",
+               405: f"{where}: method not allowed; this server answers {ROUTES}"}.get(e.status_code, f"{where}: {e.detail}")
+        code = {404: "unknown_url", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return JSONResponse(RequestError(msg, None, e.status_code, code).body(), status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, e: Exception):                # a bug: still JSON, and no traceback to the client
+        return JSONResponse(RequestError(f"internal server error ({type(e).__name__})", None, 500, "server_error").body(), 500)
+
     async def prepare(request: Request, stream_default: bool):
-        req = parse_chat_request(await request.body(), limits, temperature, top_k, max_tokens, stream_default)
+        body = await read_body(request, limits.max_body_bytes)
+        req = parse_chat_request(body, limits, temperature, top_k, max_tokens, stream_default)
         try: prompt = conversation_tokens(tokenizer, req.messages)
         except ValueError as e: raise RequestError(f"the conversation cannot be rendered: {e}", "messages") from None
         if len(prompt) + req.max_tokens > context:
@@ -285,6 +385,7 @@ def create_app(engines: list, model_name: str = "nanochat_nb", limits: ChatLimit
     async def openai_chat(request: Request):
         req, prompt = await prepare(request, False)
         g, cid, created = Generation(pool, prompt, req), "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        calls_id = f"call_{cid[-8:]}_"
         usage = lambda: {"prompt_tokens": len(prompt), "completion_tokens": len(g.tokens), "total_tokens": len(prompt) + len(g.tokens)}
         finish = lambda: "length" if g.finish_reason == "length" else "stop"
         if not req.stream:                                             # one answer at the end; still stop if the client leaves
@@ -294,15 +395,28 @@ def create_app(engines: list, model_name: str = "nanochat_nb", limits: ChatLimit
             watcher = asyncio.create_task(watch())
             try: text = "".join([p async for p in g.pieces()])
             finally: watcher.cancel()
+            message = {"role": "assistant", "content": text}
+            if calls := tool_calls(text, prefix=calls_id): message["tool_calls"] = calls
             return {"id": cid, "object": "chat.completion", "created": created, "model": model_name, "usage": usage(),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish(), "logprobs": None}]}
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish(), "logprobs": None}]}
         def chunk(delta, fr=None):
             return sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
                         "choices": [{"index": 0, "delta": delta, "finish_reason": fr, "logprobs": None}]})
         async def events():
+            text, sent = "", 0
+            def new_calls(final):                                     # calls completed since the last chunk, as deltas
+                nonlocal sent
+                calls = tool_calls(text, final, calls_id)[sent:]
+                sent += len(calls)
+                return [chunk({"tool_calls": [{"index": sent - len(calls) + j, **c} for j, c in enumerate(calls)]})] if calls else []
             try:
                 yield chunk({"role": "assistant", "content": ""})
-                async for piece in g.pieces(): yield chunk({"content": piece})
+                async for piece in g.pieces():
+                    text += piece
+                    yield chunk({"content": piece})
+                    if "|>" in piece:
+                        for c in new_calls(False): yield c
+                for c in new_calls(True): yield c
                 yield chunk({}, finish())
                 if req.include_usage:
                     yield sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
@@ -320,34 +434,64 @@ CHAT_PAGE = r"""<!doctype html>
 <title>nanochat_nb</title><link rel="icon" href="data:,">
 <style>
 *{box-sizing:border-box}
-body{margin:0;font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;display:flex;height:100vh;color:#1f1f1f;background:#fff}
-#sidebar{width:250px;background:#f7f7f8;border-right:1px solid #e3e3e3;display:flex;flex-direction:column;padding:12px;gap:10px}
+body{margin:0;font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;display:flex;height:100vh;height:100dvh;color:#1f1f1f;background:#fff}
+#sidebar{width:250px;flex:none;background:#f7f7f8;border-right:1px solid #e3e3e3;display:flex;flex-direction:column;padding:12px;gap:10px}
 #chats{flex:1;overflow-y:auto;display:flex;flex-direction:column;gap:2px}
-.chat-item{padding:7px 9px;border-radius:6px;cursor:pointer;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;font-size:14px}
+.chat-item{display:flex;align-items:center;gap:2px;padding:4px 4px 4px 9px;border-radius:6px;cursor:pointer;font-size:14px}
 .chat-item:hover{background:#ececf1}.chat-item.active{background:#e3e3e8;font-weight:600}
+.chat-title{flex:1;min-width:0;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.chat-item button{border:none;background:none;padding:2px 5px;font-size:12px;color:#666;opacity:.65}
+.chat-item button:hover{opacity:1;background:#d9d9e0}
+.chat-item button.confirm{color:#b00020;opacity:1;font-weight:600}
+.rename-box{flex:1;min-width:0;font:inherit;padding:2px 4px}
 #settings{font-size:13px;border-top:1px solid #e3e3e3;padding-top:8px}
 #settings label{display:flex;justify-content:space-between;align-items:center;margin:5px 0}
 #settings input{width:80px;padding:3px}
 #status{font-size:12px;color:#777}
 main{flex:1;display:flex;flex-direction:column;min-width:0}
+#topbar{display:none;align-items:center;gap:10px;padding:8px 10px;border-bottom:1px solid #e3e3e3;font-size:15px}
+#backdrop{display:none}
 #messages{flex:1;overflow-y:auto;padding:20px max(20px,calc(50% - 390px))}
 #empty{color:#999;text-align:center;margin-top:30vh;font-size:20px}
-.message{margin:12px 0;padding:10px 14px;border-radius:12px;white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.5}
+.message{margin:12px 0;padding:10px 14px;border-radius:12px;white-space:pre-wrap;overflow-wrap:break-word;line-height:1.5}
 .message.user{background:#e8f0fe;margin-left:18%}
 .message.assistant{background:#f4f4f5;margin-right:18%}
 .message.streaming .content::after{content:"\25CF";color:#10a37f;margin-left:3px}
+.content>:first-child{margin-top:0}.content>:last-child{margin-bottom:0}
+.content p{margin:0 0 .6em}
+.content h1,.content h2,.content h3,.content h4,.content h5,.content h6{font-size:1.05em;margin:.7em 0 .3em}
+.content ul,.content ol{margin:.2em 0 .6em;padding-left:1.5em;white-space:normal}
+.content li{white-space:pre-wrap}
+.content blockquote{margin:.4em 0;padding-left:10px;border-left:3px solid #ccc;color:#555}
+.content code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;background:#e4e4e8;border-radius:4px;padding:1px 4px}
+.content pre{background:#24252a;color:#f0f0f0;padding:10px 12px;border-radius:8px;overflow-x:auto;white-space:pre;margin:.4em 0 .7em}
+.content pre code{background:none;padding:0;color:inherit;font-size:13px}
+.content a{color:#0b62c4}
+.content hr{border:none;border-top:1px solid #ccc}
 .actions{margin-top:6px;display:flex;gap:6px}
 .actions button{font-size:12px;padding:2px 8px}
-.tool-call,.tool-output{display:block;border-radius:6px;padding:4px 8px;margin:5px 0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px}
+.tool-call,.tool-output{display:block;border-radius:6px;padding:4px 8px;margin:5px 0;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;white-space:pre-wrap}
 .tool-call{background:#fff4d6;border:1px solid #e0b84c}.tool-call::before{content:"calculator \2192  ";color:#8a6d1a;font-family:system-ui,sans-serif}
 .tool-output{background:#e2f5e4;border:1px solid #6cbf77}.tool-output::before{content:"result \2192  ";color:#2e7d3a;font-family:system-ui,sans-serif}
+.special{font:11px ui-monospace,Menlo,Consolas,monospace;color:#777;border:1px solid #ccc;border-radius:4px;padding:0 3px;margin:0 2px}
 .error{color:#b00020;font-size:14px;margin-top:6px}
 .edit-box{width:100%;min-height:60px;font:inherit;padding:6px}
 #composer{display:flex;gap:8px;padding:12px max(20px,calc(50% - 390px)) 18px;border-top:1px solid #e3e3e3}
-#input{flex:1;resize:none;height:56px;padding:9px;font:inherit;border:1px solid #ccc;border-radius:10px}
+#input{flex:1;min-width:0;resize:none;height:56px;padding:9px;font:inherit;border:1px solid #ccc;border-radius:10px}
 button{cursor:pointer;border:1px solid #ccc;background:#fff;border-radius:7px;padding:6px 12px;font:inherit}
 button.primary{background:#10a37f;color:#fff;border-color:#10a37f}
 button:disabled{opacity:.45;cursor:default}
+@media (max-width:700px){
+  #sidebar{position:fixed;top:0;left:0;bottom:0;z-index:20;width:min(82vw,290px);transform:translateX(-105%);
+           transition:transform .15s ease;box-shadow:2px 0 14px rgba(0,0,0,.18)}
+  body.sidebar-open #sidebar{transform:none}
+  body.sidebar-open #backdrop{display:block;position:fixed;inset:0;z-index:10;background:rgba(0,0,0,.3)}
+  #topbar{display:flex}
+  #messages{padding:10px}
+  .message.user{margin-left:10%}.message.assistant{margin-right:0}
+  #composer{padding:8px 10px 12px}
+  #composer button{padding:6px 9px}
+}
 </style></head>
 <body>
 <aside id="sidebar">
@@ -360,7 +504,9 @@ button:disabled{opacity:.45;cursor:default}
   </div>
   <div id="status">__MODEL__</div>
 </aside>
+<div id="backdrop"></div>
 <main>
+  <header id="topbar"><button id="menu" type="button" title="Chats and settings" aria-label="Chats and settings">&#9776;</button><span>__MODEL__</span></header>
   <div id="messages"></div>
   <form id="composer">
     <textarea id="input" placeholder="Message __MODEL__ (Enter sends, Shift+Enter for a new line)"></textarea>
@@ -376,36 +522,165 @@ let chats = [], current = null, controller = null, lastError = null;
 try { chats = JSON.parse(localStorage.getItem(KEY) || "[]"); } catch (e) { chats = []; }
 function save() { try { localStorage.setItem(KEY, JSON.stringify(chats)); } catch (e) {} }
 function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
-function button(label, cls, fn) { const b = el("button", cls, label); b.type = "button"; b.onclick = fn; return b; }
+function button(label, cls, fn, title) { const b = el("button", cls, label); b.type = "button"; b.onclick = fn; if (title) b.title = title; return b; }
 
+/* ---- a reply's parts: the same rule as reply_parts in Python ---- */
+const TOOL = /<\|(python_start|python_end|output_start|output_end)\|>/;
+const OPENS = {python_start: "python", output_start: "python_output"}, CLOSES = {python_end: "python", output_end: "python_output"};
+function replyParts(text) {
+  const parts = []; let cur = null;
+  text.split(TOOL).forEach((s, i) => {
+    if (i % 2 === 0) {                                     // text between two markers
+      if (!s) return;
+      if (!cur) { cur = {type: "text", text: ""}; parts.push(cur); }
+      cur.text += s;
+    } else if (s in OPENS) { cur = {type: OPENS[s], text: ""}; parts.push(cur); }   // a start marker ends any open span
+    else if (cur && cur.type === CLOSES[s]) cur = null;                              // a stray end marker is dropped
+  });
+  return parts;
+}
+
+/* ---- markdown to DOM nodes, made with createElement and textContent only: a reply cannot inject markup ---- */
+const SAFE_URL = /^(https?:|mailto:)/i;
+const LIST_ITEM = /^( *)([-*+]|\d{1,9}[.)])(?: +(.*)|$)/;
+const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
+const startsBlock = (l) => FENCE.test(l) || LIST_ITEM.test(l) || /^ {0,3}(#{1,6}\s|>)/.test(l);
+const INLINE = [   // [first character(s), sticky pattern, what to build]
+  ["\\", /\\([\\`*_{}\[\]()#+\-.!~|<>])/y, (p, m, add) => add(m[1])],
+  ["<", /<\|([a-z_]+)\|>/y, (p, m) => p.appendChild(el("span", "special", m[1]))],
+  ["`", /(`+)([^`][\s\S]{0,2000}?)\1(?!`)/y, (p, m) => p.appendChild(el("code", "", m[2]))],
+  ["[", /\[([^\[\]\n]{1,500})\]\(\s*<?([^\s()<>]{1,2000})>?(?:\s+"[^"\n]*")?\s*\)/y, (p, m, add) => {
+    if (!SAFE_URL.test(m[2])) return add(m[0]);            // javascript:, data: and friends stay text
+    const a = el("a"); a.href = m[2]; a.target = "_blank"; a.rel = "noopener noreferrer nofollow";
+    inline(a, m[1]); p.appendChild(a); }],
+  ["*", /\*\*(?=\S)([\s\S]{0,1000}?\S)\*\*/y, (p, m) => inline(p.appendChild(el("strong")), m[1])],
+  ["_", /__(?=\S)([\s\S]{0,1000}?\S)__(?![A-Za-z0-9_])/y, (p, m) => inline(p.appendChild(el("strong")), m[1]), true],
+  ["~", /~~(?=\S)([\s\S]{0,1000}?\S)~~/y, (p, m) => inline(p.appendChild(el("del")), m[1])],
+  ["*", /\*(?=[^\s*])([\s\S]{0,1000}?[^\s*])\*(?!\*)/y, (p, m) => inline(p.appendChild(el("em")), m[1])],
+  ["_", /_(?=[^\s_])([\s\S]{0,1000}?[^\s_])_(?![A-Za-z0-9_])/y, (p, m) => inline(p.appendChild(el("em")), m[1]), true],
+  ["h", /https?:\/\/[^\s<>"]*[^\s<>".,;:!?)\]'*_]/y, (p, m) => {
+    const a = el("a", "", m[0]); a.href = m[0]; a.target = "_blank"; a.rel = "noopener noreferrer nofollow"; p.appendChild(a); }, true],
+];
+function inline(parent, s) {
+  let buf = "";
+  const add = (t) => { buf += t; }, flush = () => { if (buf) { parent.appendChild(document.createTextNode(buf)); buf = ""; } };
+  for (let i = 0; i < s.length;) {
+    let hit = null;
+    for (const [first, re, build, wordStart] of INLINE) {
+      if (!first.includes(s[i]) || (wordStart && i > 0 && /[A-Za-z0-9]/.test(s[i - 1]))) continue;
+      re.lastIndex = i;
+      const m = re.exec(s);
+      if (m) { hit = [m, build]; break; }
+    }
+    if (!hit) { buf += s[i++]; continue; }
+    const [m, build] = hit;
+    flush(); build(parent, m, add);
+    i += m[0].length;
+  }
+  flush();
+}
+function renderList(parent, lines, i) {
+  const first = LIST_ITEM.exec(lines[i]), indent = first[1].length, ordered = /\d/.test(first[2]);
+  const list = parent.appendChild(el(ordered ? "ol" : "ul"));
+  if (ordered && parseInt(first[2], 10) !== 1) list.start = parseInt(first[2], 10);
+  while (i < lines.length) {
+    const m = LIST_ITEM.exec(lines[i]);
+    if (!m || m[1].length !== indent || /\d/.test(m[2]) !== ordered) break;
+    const body = [m[3] || ""], inner = indent + m[2].length + 1;
+    for (i++; i < lines.length; i++) {
+      const l = lines[i], lead = l.length - l.trimStart().length;
+      if (!l.trim()) {                                      // a blank line continues the item only before indented text
+        let j = i; while (j < lines.length && !lines[j].trim()) j++;
+        if (j < lines.length && lines[j].length - lines[j].trimStart().length > indent) { body.push(""); continue; }
+        break;
+      }
+      if (lead > indent) { body.push(l.slice(Math.min(lead, inner))); continue; }   // nested content
+      if (startsBlock(l)) break;
+      body.push(l.trim());                                   // a lazy continuation line
+    }
+    const li = list.appendChild(el("li"));
+    let k = 1; while (k < body.length && body[k].trim() && !startsBlock(body[k])) k++;
+    inline(li, body.slice(0, k).join("\n"));
+    if (k < body.length) markdown(li, body.slice(k).join("\n"));
+  }
+  return i;
+}
+function markdown(parent, src) {
+  const lines = src.replace(/\r\n?/g, "\n").split("\n");
+  for (let i = 0; i < lines.length;) {
+    const line = lines[i]; let m;
+    if (!line.trim()) { i++; continue; }
+    if ((m = FENCE.exec(line))) {                           // a fenced code block (still open while it streams)
+      const code = [];
+      for (i++; i < lines.length && !(lines[i].trim().startsWith(m[1]) && !lines[i].trim().slice(m[1].length).trim()); i++) code.push(lines[i]);
+      i++;
+      parent.appendChild(el("pre")).appendChild(el("code", m[2] ? "language-" + m[2] : "", code.join("\n")));
+    } else if ((m = /^ {0,3}(#{1,6})\s+(.*?)(\s+#+)?\s*$/.exec(line))) {
+      inline(parent.appendChild(el("h" + m[1].length)), m[2]); i++;
+    } else if (/^ {0,3}([-*_])( *\1){2,} *$/.test(line)) {
+      parent.appendChild(el("hr")); i++;
+    } else if (/^ {0,3}>/.test(line)) {
+      const quote = [];
+      while (i < lines.length && /^ {0,3}>/.test(lines[i])) quote.push(lines[i++].replace(/^ {0,3}> ?/, ""));
+      markdown(parent.appendChild(el("blockquote")), quote.join("\n"));
+    } else if (LIST_ITEM.test(line)) {
+      i = renderList(parent, lines, i);
+    } else {
+      const para = [line];
+      for (i++; i < lines.length && lines[i].trim() && !startsBlock(lines[i]); i++) para.push(lines[i]);
+      inline(parent.appendChild(el("p")), para.join("\n").trim());
+    }
+  }
+}
+function renderReply(box, text) {
+  box.textContent = "";
+  for (const part of replyParts(text)) {
+    if (part.type === "text") markdown(box, part.text);
+    else inline(box.appendChild(el("div", part.type === "python" ? "tool-call" : "tool-output")), part.text);
+  }
+}
+
+/* ---- the sidebar: conversations, rename, delete; a drawer on narrow screens ---- */
+const closeSidebar = () => document.body.classList.remove("sidebar-open");
 function newChat() {
   if (controller) return;
+  closeSidebar();
   if (current && current.messages.length === 0) { $("input").focus(); return; }
   current = {id: Date.now() + "-" + Math.random().toString(36).slice(2), title: "New chat", messages: []};
   chats.unshift(current); save(); lastError = null; render(); $("input").focus();
 }
-
-const MARK = /<\|python_start\|>([\s\S]*?)(?:<\|python_end\|>|$)|<\|output_start\|>([\s\S]*?)(?:<\|output_end\|>|$)/g;
-function renderReply(box, text) {
-  box.textContent = ""; MARK.lastIndex = 0; let pos = 0, m;
-  while ((m = MARK.exec(text)) !== null) {
-    if (m.index > pos) box.appendChild(document.createTextNode(text.slice(pos, m.index)));
-    const call = m[1] !== undefined;
-    box.appendChild(el("span", call ? "tool-call" : "tool-output", call ? m[1] : m[2]));
-    pos = m.index + m[0].length;
-  }
-  if (pos < text.length) box.appendChild(document.createTextNode(text.slice(pos)));
+function renameChat(c, row, title) {
+  const box = el("input", "rename-box"); box.value = c.title;
+  let done = false;
+  const finish = (keep) => { if (done) return; done = true; if (keep && box.value.trim()) { c.title = box.value.trim().slice(0, 100); save(); } renderChats(); };
+  box.onkeydown = (e) => { if (e.key === "Enter") finish(true); else if (e.key === "Escape") finish(false); };
+  box.onblur = () => finish(true);
+  box.onclick = (e) => e.stopPropagation();
+  row.replaceChild(box, title); box.focus(); box.select();
 }
-
+function deleteChat(c, b) {
+  if (controller && c === current) return;
+  if (!b.classList.contains("confirm")) {                   // a first click asks, a second one deletes
+    b.classList.add("confirm"); b.textContent = "delete?";
+    setTimeout(() => { b.classList.remove("confirm"); b.textContent = "\u2715"; }, 3000);
+    return;
+  }
+  chats = chats.filter((x) => x !== c); save();
+  if (c === current) { current = chats[0] || null; lastError = null; }
+  if (current) render(); else newChat();
+}
 function renderChats() {
   const box = $("chats"); box.textContent = "";
   for (const c of chats) {
-    const d = el("div", "chat-item" + (c === current ? " active" : ""), c.title);
-    d.onclick = () => { if (!controller) { current = c; lastError = null; render(); } };
-    box.appendChild(d);
+    const row = el("div", "chat-item" + (c === current ? " active" : "")), title = el("span", "chat-title", c.title);
+    row.append(title, button("\u270E", "rename", (e) => { e.stopPropagation(); renameChat(c, row, title); }, "Rename"),
+               button("\u2715", "delete", (e) => { e.stopPropagation(); deleteChat(c, e.currentTarget); }, "Delete"));
+    row.onclick = () => { if (!controller) { current = c; lastError = null; closeSidebar(); render(); } };
+    box.appendChild(row);
   }
 }
 
+/* ---- the conversation ---- */
 function messageEl(msg, i) {
   const d = el("div", "message " + msg.role), body = el("div", "content");
   if (msg.role === "assistant") renderReply(body, msg.content); else body.textContent = msg.content;
@@ -420,7 +695,6 @@ function messageEl(msg, i) {
   if (last && lastError) d.appendChild(el("div", "error", lastError));
   return d;
 }
-
 function render() {
   renderChats();
   const box = $("messages"); box.textContent = "";
@@ -428,7 +702,6 @@ function render() {
   current.messages.forEach((m, i) => box.appendChild(messageEl(m, i)));
   box.scrollTop = box.scrollHeight;
 }
-
 function edit(i, d) {
   if (controller) return;
   const ta = el("textarea", "edit-box"); ta.value = current.messages[i].content;
@@ -441,14 +714,12 @@ function edit(i, d) {
   actions.append(button("Save & submit", "save-edit primary", submit), button("Cancel", "cancel-edit", render));
   d.textContent = ""; d.append(ta, actions); ta.focus();
 }
-
 function regenerate() {
   if (controller) return;
   const msgs = current.messages;
   if (msgs.length && msgs[msgs.length - 1].role === "assistant") msgs.pop();
   lastError = null; render(); generate();
 }
-
 async function send() {
   const text = $("input").value.trim();
   if (!text || controller) return;
@@ -458,7 +729,6 @@ async function send() {
   if (current.title === "New chat") current.title = text.slice(0, 48);
   lastError = null; save(); render(); await generate();
 }
-
 function setBusy(b) { $("send").disabled = b; $("stop").disabled = !b; }
 const num = (id) => Number($(id).value);
 
@@ -469,6 +739,8 @@ async function generate() {
   current.messages.push(reply); render();
   const node = $("messages").lastChild, body = node.querySelector(".content");
   node.classList.add("streaming");
+  let frame = 0;                                           // redraw at most once per frame, however fast tokens come
+  const redraw = () => { frame = 0; renderReply(body, reply.content); $("messages").scrollTop = $("messages").scrollHeight; };
   try {
     const res = await fetch("/chat/completions", {method: "POST", headers: {"Content-Type": "application/json"}, signal: controller.signal,
       body: JSON.stringify({messages: history, temperature: num("temperature"), top_k: num("top-k"), max_tokens: num("max-tokens")})});
@@ -490,13 +762,14 @@ async function generate() {
           if (!line.startsWith("data: ")) continue;
           const data = JSON.parse(line.slice(6));
           if (data.error) throw new Error(data.error);
-          if (data.token !== undefined) { reply.content += data.token; renderReply(body, reply.content); $("messages").scrollTop = $("messages").scrollHeight; }
+          if (data.token !== undefined) { reply.content += data.token; if (!frame) frame = requestAnimationFrame(redraw); }
         }
       }
     }
   } catch (e) {
     if (e.name !== "AbortError") lastError = "Error: " + e.message;
   } finally {
+    if (frame) cancelAnimationFrame(frame);
     controller = null; setBusy(false);
     if (!reply.content) current.messages.pop();
     save(); render();
@@ -507,6 +780,8 @@ $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); })
 $("input").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); } });
 $("stop").onclick = () => { if (controller) controller.abort(); };
 $("new-chat").onclick = newChat;
+$("menu").onclick = () => document.body.classList.toggle("sidebar-open");
+$("backdrop").onclick = closeSidebar;
 fetch("/health").then((r) => r.json()).then((h) => { $("status").textContent = h.model + " \u00b7 " + h.num_replicas + " replica" + (h.num_replicas === 1 ? "" : "s"); }).catch(() => {});
 if (chats.length) { current = chats[0]; render(); } else newChat();
 </script>
@@ -527,12 +802,71 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     sock.set_inheritable(True)
     return sock
 
+def _raw_error(status: int, message: str, code: str) -> bytes:
+    "A whole HTTP response with an error body in OpenAI's shape, that closes the connection."
+    body = json.dumps(RequestError(message, None, status, code).body()).encode()
+    reason = {400: "Bad Request", 408: "Request Timeout"}[status]
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"connection: close\r\n\r\n").encode() + body
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline per request: its headers and body must arrive within `timeout` seconds of
+    its first byte (or of the connection), else a 408 and the connection is closed; malformed HTTP gets a JSON 400."""
+    timeout: float = 30.0
+    log: AccessLog | None = None
+    _timer = None
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes):
+        self._arm()
+        super().data_received(data)
+        if self.conn.their_state is h11.DONE: self._disarm()           # the whole request is in: the deadline is met
+
+    def connection_lost(self, exc):
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self):
+        if self._timer is None and self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+            self._timer = self.loop.call_later(self.timeout, self._expired)
+
+    def _disarm(self):
+        if self._timer is not None: self._timer.cancel(); self._timer = None
+
+    def _expired(self):
+        self._timer = None
+        if self.transport.is_closing(): return
+        mid_body = self.conn.their_state is h11.SEND_BODY and self.cycle is not None
+        if not (mid_body and self.cycle.response_started):             # nothing answered yet: say why we hang up
+            msg = f"the request did not arrive within {self.timeout:g} s; send it whole and promptly"
+            self.transport.write(_raw_error(408, msg, "request_timeout"))
+        if self.log:
+            request = AccessLog.request_line(self.cycle.scope) if mid_body else "-"
+            self.log.write("%s:%d" % self.client if self.client else "-", request, 408, 0, self.timeout, " (too slow)")
+        self.transport.close()
+
+    def send_400_response(self, msg: str):                              # malformed HTTP: the same JSON errors as the app's
+        self.transport.write(_raw_error(400, f"malformed HTTP request: {msg}", "malformed_http"))
+        self.transport.close()
+
+def deadline_protocol(timeout: float, log: AccessLog | None = None) -> type:
+    "A `DeadlineH11Protocol` class with this `timeout` (seconds) and access log, for uvicorn's `http` setting."
+    return type("DeadlineH11Protocol", (DeadlineH11Protocol,), {"timeout": timeout, "log": log})
+
+def server_config(app, **kw) -> uvicorn.Config:
+    "uvicorn's settings for a chat app: h11 with the app's request deadline, and the app's own access log instead of uvicorn's."
+    limits, log = getattr(app.state, "limits", ChatLimits()), getattr(app.state, "access_log", None)
+    return uvicorn.Config(app, http=deadline_protocol(limits.request_timeout, log), log_level="warning", access_log=False, **kw)
+
 class BackgroundServer:
     "Run `app` with uvicorn in a daemon thread on a free port: `with BackgroundServer(app) as srv: srv.url`."
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
         self.sock = bind_socket(host, port)
         self.host, self.port = host, self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
+        self.server = uvicorn.Server(server_config(app, lifespan="off", timeout_graceful_shutdown=2))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     @property
@@ -588,7 +922,7 @@ def load_replicas(source: str, devices: list[str], model_tag: str | None = None,
 # %% ../nbs/13a_chat_web.ipynb #25fc61cf
 @script(short={"source": "-i", "model_tag": "-g", "step": "-s", "num_gpus": "-n", "port": "-p", "temperature": "-t",
                "top_k": "-k", "max_tokens": "-m"})
-def main(source: str = "sft",                # which model: base, sft or rl
+def main(source: str = "sft",                # which model: base, mid, sft or rl
          model_tag: str | None = None,      # model folder, e.g. d20 (default: the deepest)
          step: int | None = None,           # checkpoint step (default: the last)
          num_gpus: int = 1,                 # replicas, one per GPU (cuda only)
@@ -598,33 +932,36 @@ def main(source: str = "sft",                # which model: base, sft or rl
          top_k: int = 50,                   # default top-k (0: the whole vocabulary)
          max_tokens: int = 512,             # default longest reply, in tokens
          device_type: str = "",             # cuda, cpu or mps (default: autodetect)
+         access_log: str = "-",             # one line per request: '-' stderr, a file to append to, '' none
          max_message_chars: int = 8000,     # limit: characters in one message
          max_messages: int = 500,           # limit: messages in one request
          max_conversation_chars: int = 32000,  # limit: characters in a whole conversation
          max_max_tokens: int = 4096,        # limit: the largest max_tokens a request may ask for
          max_temperature: float = 2.0,      # limit: the highest temperature a request may ask for
          max_top_k: int = 200,              # limit: the largest top_k a request may ask for
-         max_queue: int = 1000):            # limit: requests waiting for a replica before answering 503
+         max_body_bytes: int = 1_000_000,   # limit: bytes in a request body (more is refused before it is read)
+         max_queue: int = 1000,             # limit: requests waiting for a replica before answering 503
+         request_timeout: float = 30.0):    # limit: seconds a client may take to send one whole request
     "Serve a nanochat_nb model: a chat page at /, nanochat's /chat/completions, OpenAI's /v1/chat/completions (nanochat's chat_web)."
     limits = ChatLimits(max_message_chars, max_messages, max_conversation_chars, max_max_tokens, max_temperature, max_top_k,
-                        max_queue=max_queue)
+                        max_body_bytes, max_queue, request_timeout)
     for name, v in asdict(limits).items():
         if v <= 0: raise ValueError(f"--{name.replace('_', '-')} {v} must be > 0")
     if not 0 <= temperature <= max_temperature: raise ValueError(f"--temperature {temperature} must be in [0, {max_temperature}]")
     if not 0 <= top_k <= max_top_k: raise ValueError(f"--top-k {top_k} must be in [0, {max_top_k}]")
     if not 1 <= max_tokens <= max_max_tokens: raise ValueError(f"--max-tokens {max_tokens} must be in [1, {max_max_tokens}]")
     if not 0 <= port <= 65535: raise ValueError(f"--port {port} must be in [0, 65535]")
-    device_type = device_type or autodetect_device_type()
-    devices = replica_devices(device_type, num_gpus)
-    root = checkpoints_root(source) if source in PHASE_DIRS else None   # (an unknown source is reported by the loader)
-    model_tag = model_tag or (find_largest_model(root) if root else None)
-    step = find_last_step(root / model_tag) if root and step is None else step
+    devices = replica_devices(chat_device(device_type), num_gpus)
+    model_tag, step = chat_checkpoint(source, model_tag, step)
+    try: log = None if not access_log else sys.stderr if access_log == "-" else open(access_log, "a", buffering=1)
+    except OSError as e: raise ValueError(f"--access-log {access_log}: cannot open it ({e.strerror})") from None
     sock = bind_socket(host, port)                                     # fail on a taken port before loading the model
-    try: engines, meta = load_replicas(source, devices, model_tag, step)
+    try:
+        with contextlib.redirect_stdout(sys.stderr): engines, meta = load_replicas(source, devices, model_tag, step)
     except BaseException: sock.close(); raise
     name = f"nanochat_nb-{source}-{model_tag}-step{step}"
-    app = create_app(engines, name, limits, temperature, top_k, max_tokens)
+    app = create_app(engines, name, limits, temperature, top_k, max_tokens, access_log=log)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {name} on {len(engines)} replica(s) ({', '.join(str(e.model.get_device()) for e in engines)}) "
           f"at http://{shown}:{sock.getsockname()[1]}/", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)).run(sockets=[sock])
+    uvicorn.Server(server_config(app, timeout_graceful_shutdown=3)).run(sockets=[sock])

@@ -1,21 +1,26 @@
 """The chat page in a real headless Chromium: it loads from the server alone (no CDN), a message gets a reply that
-streams in, calculator calls are drawn as boxes of their own, the sampling controls reach the server, and edit,
-regenerate, stop and new chat work."""
-import time
+streams in, calculator calls are drawn as boxes of their own (also when the model leaves markers unpaired), replies are
+rendered as markdown without letting the model inject HTML, the sampling controls reach the server, edit, regenerate,
+stop and new chat work, chats can be renamed and deleted, and at 400 px wide the sidebar becomes a drawer."""
+import re, time
 import pytest
 
-from nanochat_nb.chat import reply_gpt
+import torch
+
+from nanochat_nb.chat import ReplyGPT, reply_gpt, reply_parts
+from nanochat_nb.gpt import GPTConfig
 from nanochat_nb.chat_web import BackgroundServer, SlowEngine, create_app
 from nanochat_nb.engine import Engine
 from nanochat_nb.tokenizer import Tokenizer
 
 pytest.importorskip("selenium", reason="selenium is missing: pip install -e '.[dev]'")
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 REPLY = "Let me compute: <|python_start|>6*7<|python_end|><|output_start|>42<|output_end|> so the answer is 42."
-SHOWN = "Let me compute: 6*742 so the answer is 42."          # the text of the message, boxes included
+SHOWN = "Let me compute:6*742so the answer is 42."            # the text of the message: paragraphs and boxes
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,7 @@ def test_chat_page_streams_a_reply(server, browser):
     urls = d.execute_script("return performance.getEntries().map(e => e.name).filter(n => n.startsWith('http'))")
     assert urls and all(u.startswith(server.url) for u in urls), urls
     # the sidebar lists the conversation under its first message
-    assert [e.text for e in d.find_elements(By.CSS_SELECTOR, ".chat-item")] == ["What is 6*7?"]
+    assert [e.text for e in d.find_elements(By.CSS_SELECTOR, ".chat-title")] == ["What is 6*7?"]
 
 
 def test_edit_regenerate_controls_stop_and_new_chat(server, browser):
@@ -109,10 +114,109 @@ def test_edit_regenerate_controls_stop_and_new_chat(server, browser):
     assert d.find_elements(By.CSS_SELECTOR, ".message") == []
     send(d, "hello again"); wait_idle(d)
     d.refresh()
-    items = d.find_elements(By.CSS_SELECTOR, ".chat-item")
+    items = d.find_elements(By.CSS_SELECTOR, ".chat-title")
     assert [e.text for e in items] == ["hello again", "first question"]
     items[1].click()
     assert [e.text for e in d.find_elements(By.CSS_SELECTOR, ".message.user .content")] == ["an edited question", "third"]
+
+
+MARKDOWN = ('Here is **bold**, *italic*, `inline code` and a [link](https://example.com/a_b).\n\n- one\n- two\n  1. nested\n\n'
+            '```python\nprint("<b>hi</b>")\n```\n\n'
+            '<img src=x onerror="window.pwned=1"> <script>window.pwned=2</script> [bad](javascript:window.pwned=3)\n\n'
+            'Stray<|output_end|> end, then <|output_start|>42<|python_start|>1+1<|output_end|> ok <|user_start|>')
+
+
+def scripted_gpt(tok, text: str) -> ReplyGPT:
+    "A ReplyGPT that spells out `text` token by token, special tokens as themselves, paired or not (reply_gpt pairs them)."
+    ids = []
+    for i, piece in enumerate(re.split(r"(<\|[a-z_]+\|>)", text)):
+        ids += [tok.encode_special(piece)] if i % 2 else tok.encode(piece)
+    cfg = GPTConfig(sequence_len=256, vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_kv_head=1, n_embd=32,
+                    window_pattern="L")
+    sp = tok.encode_special
+    with torch.device("meta"): m = ReplyGPT(cfg, ids, sp("<|assistant_start|>"), sp("<|assistant_end|>"))
+    m.to_empty(device="cpu")
+    return m.init_weights().eval()
+
+
+def test_markdown_tool_boxes_and_no_injection(browser):
+    tok = Tokenizer.from_merges([bytes([i]) for i in range(256)])
+    with BackgroundServer(create_app([Engine(scripted_gpt(tok, MARKDOWN), tok)], "nanochat_nb-test")) as srv:
+        d = browser
+        d.get(srv.url + "/")
+        send(d, "Show me markdown"); wait_idle(d)
+        q = lambda css: [e.text for e in d.find_elements(By.CSS_SELECTOR, ".message.assistant .content " + css)]
+        assert (q("strong"), q("em"), q("p > code")) == (["bold"], ["italic"], ["inline code"])
+        link = d.find_element(By.CSS_SELECTOR, ".message.assistant .content a")
+        assert (link.text, link.get_attribute("href"), link.get_attribute("target")) == ("link", "https://example.com/a_b", "_blank")
+        assert "noopener" in link.get_attribute("rel")
+        assert q("ul > li") == ["one", "two\nnested"] and q("ul > li > ol > li") == ["nested"]
+        assert q("pre > code.language-python") == ['print("<b>hi</b>")']
+        # the model's HTML stays text: no element, no script run, no javascript: link
+        assert d.find_elements(By.CSS_SELECTOR, ".message.assistant img, .message.assistant script, .message.assistant b") == []
+        assert d.execute_script("return window.pwned") is None
+        assert [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, ".message.assistant a")] == ["https://example.com/a_b"]
+        text = assistant_texts(d)[0]
+        assert '<img src=x onerror="window.pwned=1">' in text and "[bad](javascript:window.pwned=3)" in text
+        # unpaired markers: a result box and a calculator box, never a raw tool token; other specials as labels
+        assert (q(".tool-output"), q(".tool-call")) == (["42"], ["1+1 ok user_start"])
+        assert "<|" not in text and "Stray end, then" in text
+        assert q(".special") == ["user_start"]
+        # the page and Python read markers the same way
+        cases = ["a<|python_start|>1+1<|python_end|><|output_start|>2<|output_end|>b", "<|output_start|>4<|python_start|>2*2",
+                 "x<|output_end|>y<|python_end|>z", "<|python_start|><|python_end|>", "cut <|python_start|>2+", MARKDOWN]
+        assert d.execute_script("return arguments[0].map(replyParts)", cases) == [reply_parts(c) for c in cases]
+
+
+def test_narrow_layout_rename_and_delete(server, browser):
+    d = browser
+    d.set_window_size(400, 800)
+    d.get(server.url + "/")
+    d.execute_script("localStorage.clear()"); d.refresh()
+    width = d.execute_script("return window.innerWidth")
+    assert width <= 420, width
+    rect = lambda css: d.execute_script(f"const r = document.querySelector('{css}').getBoundingClientRect(); return [r.left, r.right]")
+    WebDriverWait(d, 5).until(lambda d: rect("#sidebar")[1] <= 0)                  # the sidebar is off screen...
+    menu = d.find_element(By.ID, "menu")
+    assert menu.is_displayed()
+    menu.click()                                                                   # ...until the menu button opens it
+    WebDriverWait(d, 5).until(lambda d: rect("#sidebar")[0] >= 0 and rect("#sidebar")[1] > 200)
+    ActionChains(d).move_to_element_with_offset(d.find_element(By.ID, "backdrop"), 180, 0).click().perform()   # beside the drawer
+    WebDriverWait(d, 5).until(lambda d: rect("#sidebar")[1] <= 0)
+    send(d, "hello there, a plain question"); wait_idle(d)
+    # the messages use the width: words are not broken letter by letter, nothing scrolls sideways
+    user = d.find_element(By.CSS_SELECTOR, ".message.user .content")
+    line = float(d.execute_script("return parseFloat(getComputedStyle(arguments[0]).lineHeight)", user))
+    assert user.size["width"] > 250 and user.size["height"] < 1.6 * line, (user.size, line)
+    assert d.find_element(By.CSS_SELECTOR, ".message.assistant .content").size["width"] > 250
+    assert d.execute_script("return document.documentElement.scrollWidth") <= width
+    # rename the chat (it keeps its new name across a reload), add a second one, delete the first
+    menu.click()
+    WebDriverWait(d, 5).until(lambda d: rect("#sidebar")[0] >= 0)
+    d.find_element(By.CSS_SELECTOR, ".chat-item .rename").click()
+    box = d.find_element(By.CSS_SELECTOR, ".rename-box")
+    box.send_keys(Keys.CONTROL, "a"); box.send_keys("Renamed chat", Keys.ENTER)
+    titles = lambda: [e.get_attribute("textContent") for e in d.find_elements(By.CSS_SELECTOR, ".chat-title")]
+    assert titles() == ["Renamed chat"]
+    d.find_element(By.ID, "new-chat").click()                                      # closes the drawer
+    WebDriverWait(d, 5).until(lambda d: rect("#sidebar")[1] <= 0)
+    send(d, "second chat"); wait_idle(d)
+    d.refresh()
+    assert titles() == ["second chat", "Renamed chat"]
+    menu = d.find_element(By.ID, "menu"); menu.click()
+    WebDriverWait(d, 5).until(lambda d: rect("#sidebar")[0] >= 0)
+    delete = lambda: d.find_elements(By.CSS_SELECTOR, ".chat-item .delete")[1]
+    delete().click()                                                               # a first click only asks
+    assert titles() == ["second chat", "Renamed chat"] and delete().text == "delete?"
+    delete().click()
+    assert titles() == ["second chat"]
+    d.refresh()
+    assert titles() == ["second chat"] and assistant_texts(d) and [e.text for e in d.find_elements(By.CSS_SELECTOR, ".message.user .content")] == ["second chat"]
+    # deleting the open chat leaves an empty new one
+    d.find_element(By.ID, "menu").click()
+    WebDriverWait(d, 5).until(lambda d: rect("#sidebar")[0] >= 0)
+    d.find_element(By.CSS_SELECTOR, ".chat-item .delete").click(); d.find_element(By.CSS_SELECTOR, ".chat-item .delete").click()
+    assert titles() == ["New chat"] and d.find_element(By.ID, "empty").text == "How can I help?"
 
 
 WIDGET_CELLS = ["from nanochat_nb.chat import ChatWidget, reply_gpt\nfrom nanochat_nb.engine import Engine\n"

@@ -1,6 +1,7 @@
-"""The chat server over real HTTP: nanochat's SSE endpoint, the official `openai` client (streaming and not), 50
-concurrent streams on one CPU replica, a client hanging up mid-stream, every bad input with its 4xx, and the real
-`python -m nanochat_nb.chat_web` command on a tiny checkpoint."""
+"""The chat server over real HTTP: nanochat's SSE endpoint, the official `openai` client (streaming and not, tool calls
+included), 50 concurrent streams on one CPU replica, a client hanging up mid-stream, every bad input with its 4xx, unknown
+routes in OpenAI's error shape, and the real `python -m nanochat_nb.chat_web` command on a tiny checkpoint, with its
+access log. (Hostile clients: test_chat_web_hostile.py.)"""
 import asyncio, json, os, signal, subprocess, sys, time
 import httpx
 import pytest
@@ -62,6 +63,9 @@ def test_openai_client(server):
     assert [m.id for m in client.models.list()] == [MODEL]
     r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is 6*7?"}])
     assert r.choices[0].message.content == REPLY and r.choices[0].finish_reason == "stop"
+    [call] = r.choices[0].message.tool_calls                                  # the calculator call, also in OpenAI's form
+    assert (call.type, call.function.name, json.loads(call.function.arguments)) == ("function", "calculator", {"expression": "6*7"})
+    assert call.model_extra["output"] == "42" and call.id.startswith("call_")
     assert r.usage.completion_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert (r.choices[0].message.content, r.choices[0].finish_reason) == ("Sure", "length")
@@ -71,6 +75,8 @@ def test_openai_client(server):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == REPLY and len(chunks) > 10
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop" and chunks[-1].usage.completion_tokens > 0
+    deltas = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
+    assert [(t.index, t.function.name, t.function.arguments) for t in deltas] == [(0, "calculator", '{"expression": "6*7"}')]
     # a conversation that carries the earlier reply, tool call included
     r = client.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "Be brief."},
         {"role": "user", "content": "6*7?"}, {"role": "assistant", "content": text}, {"role": "user", "content": "thanks"}])
@@ -114,6 +120,17 @@ def test_bad_input_gets_a_clear_4xx(server, path, body, status, message):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert message in err["message"] and err["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("method,path,status", [("POST", "/v1/completions", 404), ("GET", "/v1/embeddings", 404),
+                                                ("GET", "/openapi.json", 404), ("GET", "/docs", 404), ("GET", "/redoc", 404),
+                                                ("GET", "/chat/completions", 405), ("DELETE", "/v1/chat/completions", 405)])
+def test_unknown_routes_answer_like_openai(server, method, path, status):
+    r = httpx.request(method, server.url + path, json={"model": MODEL, "prompt": "hi"} if method == "POST" else None)
+    assert r.status_code == status and r.headers["content-type"] == "application/json"
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and f"{method} {path}" in err["message"] and "/v1/chat/completions" in err["message"]
+    assert err["code"] == ("unknown_url" if status == 404 else "method_not_allowed")
 
 
 def test_fifty_concurrent_streams(server):
@@ -222,6 +239,9 @@ def test_the_command_serves_a_checkpoint(tmp_path):
         try: proc.wait(timeout=15)
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
     assert proc.returncode in (0, -signal.SIGINT, 1)
+    log = [l for l in proc.stderr.read().splitlines() if '" 200 ' in l]     # the access log, one line per request
+    assert [l.split('"')[1] for l in log] == ["GET /health HTTP/1.1", "POST /chat/completions HTTP/1.1",
+                                             "POST /v1/chat/completions HTTP/1.1"], log
 
 
 def test_the_command_fails_clearly(tmp_path):
@@ -232,5 +252,5 @@ def test_the_command_fails_clearly(tmp_path):
 def test_the_command_needs_checkpoints(tmp_path, monkeypatch):
     from nanochat_nb.chat_web import main
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no model tags in .*chatrl_checkpoints"):
+    with pytest.raises(FileNotFoundError, match="no rl checkpoints in .*chatrl_checkpoints"):
         main.cli(["-i", "rl", "--port", "0", "--device-type", "cpu"])
