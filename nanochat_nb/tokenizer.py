@@ -765,7 +765,7 @@ def bench_tokenizer(max_chars: float = 100e6,    # characters of training text
                     data_dir: str | None = None, # shards to read (default: the data folder; else the embedded corpus)
                     repeats: int = 3,            # encoding runs per side (the best is kept)
                     train_repeats: int = 2):     # training runs per side, interleaved (the best is kept)
-    "Training time vs rustbpe and encoding speed vs tiktoken, measured in one run."
+    "Training time vs rustbpe and Hugging Face tokenizers, encoding speed vs tiktoken, measured in one run."
     tmp = None
     if len(list_parquet_files(data_dir)) < 2:
         tmp = tempfile.mkdtemp(prefix="tokbench_")
@@ -782,7 +782,19 @@ def bench_tokenizer(max_chars: float = 100e6,    # characters of training text
         if numba is not None: rows.append(("numba compile/load, once", f"{time.perf_counter() - t0:.2f} s", ""))
         try: import rustbpe
         except ImportError: rustbpe = None
-        ours_train = rb_train = float("inf")
+        from tokenizers import Regex, Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))   # its thread pool, as for the others (read once, at first use)
+
+        def hf_train():
+            "Hugging Face `tokenizers`' BpeTrainer on the same documents, split pattern and number of merges."
+            hf = HFTokenizer(models.BPE())
+            hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+                                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS), min_frequency=0, show_progress=False,
+                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+            hf.train_from_iterator(docs, trainer, length=len(docs))
+            return hf
+        ours_train = rb_train = hf_train_s = float("inf")
         for _ in range(max(1, train_repeats)):     # interleaved, so a busy moment on a shared machine hits both sides
             t0 = time.perf_counter()
             tok = Tokenizer.train_from_iterator(iter(docs), vocab_size, num_workers=threads)
@@ -791,9 +803,16 @@ def bench_tokenizer(max_chars: float = 100e6,    # characters of training text
                 t0 = time.perf_counter()
                 rb = rustbpe.Tokenizer(); rb.train_from_iterator(iter(docs), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
                 rb_train = min(rb_train, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            hf_vocab = hf_train().get_vocab_size()
+            hf_train_s = min(hf_train_s, time.perf_counter() - t0)
         rows.append(("train: nanochat_nb", f"{ours_train:.2f} s", f"{nchars / ours_train / 1e6:.1f} M chars/s"))
         if rustbpe is None: rb_train = None
         else: rows.append(("train: rustbpe", f"{rb_train:.2f} s", f"{nchars / rb_train / 1e6:.1f} M chars/s"))
+        rows.append(("train: HF tokenizers", f"{hf_train_s:.2f} s", f"{nchars / hf_train_s / 1e6:.1f} M chars/s"))
+        if hf_vocab + len(SPECIAL_TOKENS) != tok.get_vocab_size():
+            raise AssertionError(f"HF tokenizers trained {hf_vocab:,} tokens, we trained {tok.get_vocab_size() - len(SPECIAL_TOKENS):,}: "
+                                 "not the same data or pattern")
         peer = tiktoken.Encoding(name="peer", pat_str=SPLIT_PATTERN, mergeable_ranks=tok.enc._mergeable_ranks, special_tokens={})
         ours_enc = peer_enc = float("inf")
         for _ in range(repeats):
@@ -810,8 +829,9 @@ def bench_tokenizer(max_chars: float = 100e6,    # characters of training text
         for r in rows: print(f"{r[0]:<26}{r[1]:>12}{r[2]:>20}")
         tr = f"train {ours_train:.2f}s vs rustbpe {rb_train:.2f}s (x{rb_train / ours_train:.2f})" if rb_train else \
              f"train {ours_train:.2f}s (rustbpe not installed)"
+        tr += f", HF tokenizers {hf_train_s:.2f}s (x{hf_train_s / ours_train:.2f})"
         print(f"tokenizer: {tr}; encode {vchars / ours_enc / 1e6:.1f} vs tiktoken {vchars / peer_enc / 1e6:.1f} M chars/s "
               f"(x{peer_enc / ours_enc:.2f})")
-        return dict(train_s=ours_train, rustbpe_s=rb_train, encode_s=ours_enc, tiktoken_s=peer_enc)
+        return dict(train_s=ours_train, rustbpe_s=rb_train, hf_tokenizers_s=hf_train_s, encode_s=ours_enc, tiktoken_s=peer_enc)
     finally:
         if tmp: shutil.rmtree(tmp, ignore_errors=True)
