@@ -15,7 +15,8 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, proc
 
 from .checkpoint import CONFIG_DEFAULTS, checkpoints_root, find_largest_model, find_last_step
 from .checkpoint import list_steps, load_checkpoint, save_checkpoint
-from .common import atomic_path, get_base_dir, print0, script
+from .common import atomic_path, get_base_dir, print0
+from .cli import script
 from .gpt import GPT, GPTConfig, build_model, config_from_depth, rotary_tables
 from .tokenizer import SPECIAL_TOKENS, Tokenizer, get_tokenizer
 
