@@ -242,7 +242,7 @@ def test_lm_eval_scores_like_core(exported, tmp_path):
     samples = [json.loads(l) for l in next((tmp_path / "out").rglob("samples_core_mc_*.jsonl")).read_text().splitlines()]
     meta = dict(task_type="multiple_choice", num_fewshot=0, continuation_delimiter="\nAnswer: ")
     core = evaluate_task(model, tok, items, "cpu", meta)
-    assert results["acc_core,none"] == pytest.approx(core, abs=1e-9)
+    assert results["acc_core,none"] == pytest.approx(core, abs=1e-6)   # the same items right (core is a float32 mean)
     bos = tok.get_bos_token_id()
     for s in samples:
         item = items[s["doc_id"]]
