@@ -71,12 +71,12 @@ class BaseTrainConfig:
     data_dir: str | None = None           # shards (default: $NANOCHAT_DATA_DIR or <base dir>/base_data)
     tokenizer_dir: str | None = None      # tokenizer (default: <base dir>/tokenizer)
     base_dir: str | None = None           # where checkpoints go (default: $NANOCHAT_BASE_DIR)
-    log_every: int = 1                    # print a log line every N steps
+    log_every: int = 1                    # print a log line every N steps (0: only the last step)
     seed: int = 42                        # random seed
 
     def __post_init__(self):
         for name, low in (("depth", 1), ("device_batch_size", 1), ("max_seq_len", 2), ("aspect_ratio", 1),
-                          ("head_dim", 2), ("log_every", 1)):
+                          ("head_dim", 2), ("log_every", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least {low}")
         if self.compile not in ("auto", "yes", "no"): raise ValueError(f"--compile {self.compile!r}: use auto, yes or no")
@@ -274,7 +274,7 @@ class PretrainRun:
         per_step = timed / max(1, done - 3) if done > 3 else self.wall / done   # early on, the untimed steps are all we have
         tok_s = p["total_batch_size"] / dt
         u = mfu(p["flops_per_token"], tok_s, self.gpu, self.world_size) if self.gpu else None
-        if step % c.log_every == 0 or step == n - 1:
+        if (c.log_every and step % c.log_every == 0) or step == n - 1:
             print0(f"step {step:05d}/{n:05d} ({100 * (step + 1) / n:.1f}%) | loss {debiased:.6f} | lrm {lrm:.2f} | "
                    f"dt {dt * 1e3:.0f}ms | tok/s {tok_s:,.0f}" + (f" | mfu {100 * u:.1f}%" if u is not None else "")
                    + f" | trained {format_duration(timed if done > 3 else self.wall)} | eta {format_duration((n - step - 1) * per_step)}")
