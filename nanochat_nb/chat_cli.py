@@ -4,13 +4,14 @@
 
 # %% ../nbs/13_chat_cli.ipynb #4ff539e9
 from __future__ import annotations
+from dataclasses import dataclass
 import contextlib, os, re, sys
 
 from .cli import script
 from .chat import ChatSession, chat_checkpoint, chat_device, load_chat_engine
 
 # %% auto #0
-__all__ = ['HELP', 'ReplyPrinter', 'render_reply', 'chat_command', 'chat_repl', 'main']
+__all__ = ['HELP', 'ReplyPrinter', 'render_reply', 'chat_command', 'chat_repl', 'ChatCliConfig', 'main']
 
 # %% ../nbs/13_chat_cli.ipynb #de64cc4c
 _TOKEN = re.compile(r"<\|([a-z_]+)\|>")
@@ -122,20 +123,29 @@ def chat_repl(session, read=input, write=None, color: bool = False, banner: str 
     return session
 
 # %% ../nbs/13_chat_cli.ipynb #b95bf73e
+@dataclass
+class ChatCliConfig:
+    "The settings of `python -m nanochat_nb.chat_cli`."
+    source: str = "sft"             # which model: base, mid, sft or rl
+    model_tag: str | None = None    # model folder, e.g. d20 (default: the deepest)
+    step: int | None = None         # checkpoint step (default: the last)
+    prompt: str = ""                # answer this one prompt and exit (default: an interactive chat)
+    temperature: float = 0.6        # sampling temperature (0: greedy)
+    top_k: int = 50                 # sample among the k most likely tokens (0: all)
+    max_tokens: int = 512           # longest reply, in tokens
+    seed: int | None = None         # sampling seed (default: a fresh one each reply)
+    device_type: str = ""           # cuda, cpu or mps (default: autodetect)
+
+    def __post_init__(self):
+        if self.temperature < 0: raise ValueError(f"--temperature {self.temperature} must be >= 0 (0: greedy)")
+        if self.top_k < 0: raise ValueError(f"--top-k {self.top_k} must be >= 0 (0: the whole vocabulary)")
+        if self.max_tokens < 1: raise ValueError(f"--max-tokens {self.max_tokens} must be >= 1")
+
 @script(short={"source": "-i", "model_tag": "-g", "step": "-s", "prompt": "-p", "temperature": "-t", "top_k": "-k"})
-def main(source: str = "sft",             # which model: base, mid, sft or rl
-         model_tag: str | None = None,   # model folder, e.g. d20 (default: the deepest)
-         step: int | None = None,        # checkpoint step (default: the last)
-         prompt: str = "",               # answer this one prompt and exit (default: an interactive chat)
-         temperature: float = 0.6,       # sampling temperature (0: greedy)
-         top_k: int = 50,                # sample among the k most likely tokens (0: all)
-         max_tokens: int = 512,          # longest reply, in tokens
-         seed: int | None = None,        # sampling seed (default: a fresh one each reply)
-         device_type: str = ""):         # cuda, cpu or mps (default: autodetect)
+def main(cfg: ChatCliConfig):
     "Chat with a nanochat_nb model in the terminal, replies streamed as they are generated (nanochat's chat_cli)."
-    if temperature < 0: raise ValueError(f"--temperature {temperature} must be >= 0 (0: greedy)")
-    if top_k < 0: raise ValueError(f"--top-k {top_k} must be >= 0 (0: the whole vocabulary)")
-    if max_tokens < 1: raise ValueError(f"--max-tokens {max_tokens} must be >= 1")
+    source, model_tag, step, prompt = cfg.source, cfg.model_tag, cfg.step, cfg.prompt
+    device_type, temperature, top_k, max_tokens, seed = cfg.device_type, cfg.temperature, cfg.top_k, cfg.max_tokens, cfg.seed
     device = chat_device(device_type)
     model_tag, step = chat_checkpoint(source, model_tag, step)
     with contextlib.redirect_stdout(sys.stderr):               # loading messages are diagnostics: stdout is for replies
