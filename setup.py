@@ -39,7 +39,8 @@ setuptools.setup(
     zip_safe=False,
     python_requires='>=' + min_python,
     install_requires=_words('requirements'),
-    extras_require={'dev': _words('dev_requirements') + _words('hf_requirements'), 'hf': _words('hf_requirements')},
+    extras_require={'course': _words('course_requirements'), 'hf': _words('hf_requirements'), 'gpu': _words('gpu_requirements'),
+                    'dev': _words('dev_requirements') + _words('course_requirements') + _words('hf_requirements')},
     entry_points={'console_scripts': cfg.get('console_scripts', '').split(),
                   'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
 )
