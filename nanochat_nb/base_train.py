@@ -22,13 +22,13 @@ from .distributed import make_optimizer
 from .evaluate import evaluate_bpb
 from .fp8 import convert_to_float8_training, disable_fp8, fp8_supported_or_warn
 from .gpt import GPT
-from .recipe import (B_REF, accumulate_gradients, apply_schedules, estimate_seconds, format_plan,
-                                training_plan)
+from .recipe import (B_REF, SAMPLE_PROMPTS, accumulate_gradients, apply_schedules, estimate_seconds, format_plan,
+                                sample_greedy, training_plan)
 from .tokenizer import default_tokenizer_dir, get_token_bytes, get_tokenizer
 
 # %% auto #0
-__all__ = ['EVAL_TOKENS_CUDA', 'SAMPLE_PROMPTS', 'BaseTrainConfig', 'default_eval_tokens', 'sample_greedy', 'check_inputs',
-           'writable_dir', 'truncate_log', 'PretrainRun', 'train', 'main']
+__all__ = ['EVAL_TOKENS_CUDA', 'BaseTrainConfig', 'default_eval_tokens', 'check_inputs', 'writable_dir', 'truncate_log',
+           'PretrainRun', 'train', 'main']
 
 # %% ../nbs/07b_base_train.ipynb #63804adb
 EVAL_TOKENS_CUDA = 10 * 2 ** 20
@@ -90,21 +90,6 @@ def default_eval_tokens(device_type: str, device_batch_size: int, max_seq_len: i
     return EVAL_TOKENS_CUDA if device_type == "cuda" else 8 * device_batch_size * max_seq_len * world_size
 
 # %% ../nbs/07b_base_train.ipynb #af90aaf0
-SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
-                  "The opposite of hot is", "The planets of the solar system are:", "My favorite color is", "If 5*x + 3 = 13, then x is"]
-
-@torch.no_grad()
-def sample_greedy(model, tokenizer, prompts, max_tokens: int = 16) -> list[str]:
-    "Greedy continuations of `prompts` (plain re-forwarding; chapter 12's engine does this with a KV cache)."
-    out, bos = [], tokenizer.get_bos_token_id()
-    for p in prompts:
-        ids = tokenizer.encode(p, prepend=bos)
-        for _ in range(max_tokens):
-            x = torch.tensor([ids[-model.config.sequence_len:]], device=model.get_device())
-            ids.append(int(model(x)[0, -1].argmax()))
-        out.append(tokenizer.decode(ids[1:]))
-    return out
-
 def check_inputs(data_dir, tokenizer_dir):
     "Fail early, saying what to run, when the shards or the tokenizer are missing."
     files = list_parquet_files(data_dir)

@@ -12,9 +12,9 @@ from .common import get_peak_flops
 from .gpt import GPT, GPTConfig, config_from_depth
 
 # %% auto #0
-__all__ = ['B_REF', 'D_REF_DEPTH', 'ASSUMED_MFU', 'model_config', 'training_plan', 'lr_multiplier', 'muon_momentum',
-           'weight_decay_at', 'apply_schedules', 'accumulate_gradients', 'format_plan', 'num_evaluations',
-           'estimate_seconds']
+__all__ = ['B_REF', 'D_REF_DEPTH', 'SAMPLE_PROMPTS', 'ASSUMED_MFU', 'model_config', 'training_plan', 'lr_multiplier',
+           'muon_momentum', 'weight_decay_at', 'apply_schedules', 'accumulate_gradients', 'greedy_tokens',
+           'sample_greedy', 'format_plan', 'num_evaluations', 'estimate_seconds']
 
 # %% ../nbs/07_pretrain.ipynb #c4cb7bc2
 B_REF, D_REF_DEPTH = 2 ** 19, 12
@@ -107,6 +107,25 @@ def accumulate_gradients(fwd, loader, batch: tuple, accum: int) -> tuple[torch.T
         consumed = state
         x, y, state = next(loader)
     return loss.detach(), consumed, (x, y, state)
+
+# %% ../nbs/07_pretrain.ipynb #bdeefe6f
+@torch.no_grad()
+def greedy_tokens(model, ids: list[int], max_tokens: int, stop=()) -> list[int]:
+    "Up to `max_tokens` greedy tokens after `ids`, re-forwarding the last `sequence_len` each time; stops before a token in `stop`."
+    ids, out, T = list(ids), [], model.config.sequence_len
+    for _ in range(max_tokens):
+        nxt = int(model(torch.tensor([ids[-T:]], device=model.get_device()))[0, -1].argmax())
+        if nxt in stop: break
+        ids.append(nxt); out.append(nxt)
+    return out
+
+SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
+                  "The opposite of hot is", "The planets of the solar system are:", "My favorite color is", "If 5*x + 3 = 13, then x is"]
+
+def sample_greedy(model, tokenizer, prompts, max_tokens: int = 16) -> list[str]:
+    "Each prompt followed by its greedy continuation, as text."
+    bos = tokenizer.get_bos_token_id()
+    return [tokenizer.decode((ids := tokenizer.encode(p, prepend=bos))[1:] + greedy_tokens(model, ids, max_tokens)) for p in prompts]
 
 # %% ../nbs/07_pretrain.ipynb #a7042f6a
 ASSUMED_MFU = 0.45
