@@ -5,7 +5,7 @@
 # %% ../nbs/13a_chat_web.ipynb #9b328196
 from __future__ import annotations
 import asyncio, contextlib, json, socket, sys, threading, time, uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import h11
 import torch
@@ -23,21 +23,25 @@ from .chat import ReplyStream, chat_checkpoint, chat_device, conversation_tokens
 __all__ = ['ROUTES', 'CHAT_PAGE', 'ChatLimits', 'ChatRequest', 'RequestError', 'parse_chat_request', 'sse', 'parse_sse',
            'tool_calls', 'Replica', 'ReplicaPool', 'Generation', 'read_body', 'AccessLog', 'AccessLogMiddleware',
            'create_app', 'bind_socket', 'DeadlineH11Protocol', 'deadline_protocol', 'server_config', 'BackgroundServer',
-           'SlowEngine', 'replica_devices', 'load_replicas', 'main']
+           'SlowEngine', 'replica_devices', 'load_replicas', 'ChatWebConfig', 'main']
 
 # %% ../nbs/13a_chat_web.ipynb #1f821811
 @dataclass
 class ChatLimits:
     "What a request may ask for (each is a flag of the server)."
-    max_message_chars: int = 8000          # characters in one message
-    max_messages: int = 500                # messages in one request
-    max_conversation_chars: int = 32000    # characters in all messages together
-    max_max_tokens: int = 4096             # the largest max_tokens a request may ask for
-    max_temperature: float = 2.0           # temperature range is [0, max_temperature]
-    max_top_k: int = 200                   # top-k range is [0, max_top_k] (0: the whole vocabulary)
-    max_body_bytes: int = 1_000_000        # bytes in a request body (a larger one is refused before it is read)
-    max_queue: int = 1000                  # requests waiting for a replica before the server answers 503
-    request_timeout: float = 30.0          # seconds a client may take to send one whole request, headers and body
+    max_message_chars: int = 8000          # limit: characters in one message
+    max_messages: int = 500                # limit: messages in one request
+    max_conversation_chars: int = 32000    # limit: characters in all messages together
+    max_max_tokens: int = 4096             # limit: the largest max_tokens a request may ask for
+    max_temperature: float = 2.0           # limit: temperature range is [0, max_temperature]
+    max_top_k: int = 200                   # limit: top-k range is [0, max_top_k] (0: the whole vocabulary)
+    max_body_bytes: int = 1_000_000        # limit: bytes in a request body (a larger one is refused before it is read)
+    max_queue: int = 1000                  # limit: requests waiting for a replica before the server answers 503
+    request_timeout: float = 30.0          # limit: seconds a client may take to send one whole request, headers and body
+
+    def __post_init__(self):
+        for f in fields(ChatLimits):
+            if not getattr(self, f.name) > 0: raise ValueError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)} must be > 0")
 
 @dataclass
 class ChatRequest:
@@ -920,39 +924,40 @@ def load_replicas(source: str, devices: list[str], model_tag: str | None = None,
     return engines, meta
 
 # %% ../nbs/13a_chat_web.ipynb #25fc61cf
+@dataclass
+class ChatWebConfig(ChatLimits):
+    "The settings of `python -m nanochat_nb.chat_web`: which model, where to listen, default sampling, and the limits."
+    source: str = "sft"                # which model: base, mid, sft or rl
+    model_tag: str | None = None      # model folder, e.g. d20 (default: the deepest)
+    step: int | None = None           # checkpoint step (default: the last)
+    num_gpus: int = 1                 # replicas, one per GPU (cuda only)
+    host: str = "127.0.0.1"           # address to listen on (0.0.0.0: every interface)
+    port: int = 8000                  # port to listen on (0: any free port)
+    temperature: float = 0.8          # default sampling temperature
+    top_k: int = 50                   # default top-k (0: the whole vocabulary)
+    max_tokens: int = 512             # default longest reply, in tokens
+    device_type: str = ""             # cuda, cpu or mps (default: autodetect)
+    access_log: str = "-"             # one line per request: '-' stderr, a file to append to, '' none
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.temperature <= self.max_temperature:
+            raise ValueError(f"--temperature {self.temperature} must be in [0, {self.max_temperature}]")
+        if not 0 <= self.top_k <= self.max_top_k: raise ValueError(f"--top-k {self.top_k} must be in [0, {self.max_top_k}]")
+        if not 1 <= self.max_tokens <= self.max_max_tokens:
+            raise ValueError(f"--max-tokens {self.max_tokens} must be in [1, {self.max_max_tokens}]")
+        if not 0 <= self.port <= 65535: raise ValueError(f"--port {self.port} must be in [0, 65535]")
+
+    @property
+    def limits(self) -> ChatLimits: return ChatLimits(**{f.name: getattr(self, f.name) for f in fields(ChatLimits)})
+
 @script(short={"source": "-i", "model_tag": "-g", "step": "-s", "num_gpus": "-n", "port": "-p", "temperature": "-t",
                "top_k": "-k", "max_tokens": "-m"})
-def main(source: str = "sft",                # which model: base, mid, sft or rl
-         model_tag: str | None = None,      # model folder, e.g. d20 (default: the deepest)
-         step: int | None = None,           # checkpoint step (default: the last)
-         num_gpus: int = 1,                 # replicas, one per GPU (cuda only)
-         host: str = "127.0.0.1",           # address to listen on (0.0.0.0: every interface)
-         port: int = 8000,                  # port to listen on (0: any free port)
-         temperature: float = 0.8,          # default sampling temperature
-         top_k: int = 50,                   # default top-k (0: the whole vocabulary)
-         max_tokens: int = 512,             # default longest reply, in tokens
-         device_type: str = "",             # cuda, cpu or mps (default: autodetect)
-         access_log: str = "-",             # one line per request: '-' stderr, a file to append to, '' none
-         max_message_chars: int = 8000,     # limit: characters in one message
-         max_messages: int = 500,           # limit: messages in one request
-         max_conversation_chars: int = 32000,  # limit: characters in a whole conversation
-         max_max_tokens: int = 4096,        # limit: the largest max_tokens a request may ask for
-         max_temperature: float = 2.0,      # limit: the highest temperature a request may ask for
-         max_top_k: int = 200,              # limit: the largest top_k a request may ask for
-         max_body_bytes: int = 1_000_000,   # limit: bytes in a request body (more is refused before it is read)
-         max_queue: int = 1000,             # limit: requests waiting for a replica before answering 503
-         request_timeout: float = 30.0):    # limit: seconds a client may take to send one whole request
+def main(cfg: ChatWebConfig):
     "Serve a nanochat_nb model: a chat page at /, nanochat's /chat/completions, OpenAI's /v1/chat/completions (nanochat's chat_web)."
-    limits = ChatLimits(max_message_chars, max_messages, max_conversation_chars, max_max_tokens, max_temperature, max_top_k,
-                        max_body_bytes, max_queue, request_timeout)
-    for name, v in asdict(limits).items():
-        if v <= 0: raise ValueError(f"--{name.replace('_', '-')} {v} must be > 0")
-    if not 0 <= temperature <= max_temperature: raise ValueError(f"--temperature {temperature} must be in [0, {max_temperature}]")
-    if not 0 <= top_k <= max_top_k: raise ValueError(f"--top-k {top_k} must be in [0, {max_top_k}]")
-    if not 1 <= max_tokens <= max_max_tokens: raise ValueError(f"--max-tokens {max_tokens} must be in [1, {max_max_tokens}]")
-    if not 0 <= port <= 65535: raise ValueError(f"--port {port} must be in [0, 65535]")
-    devices = replica_devices(chat_device(device_type), num_gpus)
-    model_tag, step = chat_checkpoint(source, model_tag, step)
+    source, host, port, access_log = cfg.source, cfg.host, cfg.port, cfg.access_log
+    devices = replica_devices(chat_device(cfg.device_type), cfg.num_gpus)
+    model_tag, step = chat_checkpoint(source, cfg.model_tag, cfg.step)
     try: log = None if not access_log else sys.stderr if access_log == "-" else open(access_log, "a", buffering=1)
     except OSError as e: raise ValueError(f"--access-log {access_log}: cannot open it ({e.strerror})") from None
     sock = bind_socket(host, port)                                     # fail on a taken port before loading the model
@@ -960,7 +965,7 @@ def main(source: str = "sft",                # which model: base, mid, sft or rl
         with contextlib.redirect_stdout(sys.stderr): engines, meta = load_replicas(source, devices, model_tag, step)
     except BaseException: sock.close(); raise
     name = f"nanochat_nb-{source}-{model_tag}-step{step}"
-    app = create_app(engines, name, limits, temperature, top_k, max_tokens, access_log=log)
+    app = create_app(engines, name, cfg.limits, cfg.temperature, cfg.top_k, cfg.max_tokens, access_log=log)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {name} on {len(engines)} replica(s) ({', '.join(str(e.model.get_device()) for e in engines)}) "
           f"at http://{shown}:{sock.getsockname()[1]}/", flush=True)

@@ -72,8 +72,9 @@ def params_of(func) -> list[Param]:
             if f.default is not dataclasses.MISSING: return f.default
             if f.default_factory is not dataclasses.MISSING: return f.default_factory()
             return inspect.Parameter.empty
+        own = cls.__dict__.get("__annotations__", {})                     # the command's own options first, inherited ones after
         return [Param(f.name, hints.get(f.name, f.type), default(f), docs.get(f.name, ""))
-                for f in dataclasses.fields(cls) if f.init]
+                for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own) if f.init]
     return [Param(n, d.anno, d.default, d.docment or "")
             for n, d in docments(func, full=True, returns=False, eval_str=True).items()]
 
