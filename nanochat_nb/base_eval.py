@@ -5,6 +5,7 @@
 # %% ../nbs/08a_base_eval.ipynb #2952d971
 from __future__ import annotations
 import json, time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from .evaluate import EVAL_BUNDLE_URL, evaluate_bpb, evaluate_core, format_core_
 from .recipe import SAMPLE_PROMPTS, sample_greedy
 
 # %% auto #0
-__all__ = ['EVALS', 'parse_evals', 'check_shards', 'bpb_splits', 'results_path', 'main']
+__all__ = ['EVALS', 'parse_evals', 'check_shards', 'bpb_splits', 'results_path', 'BaseEvalConfig', 'main']
 
 # %% ../nbs/08a_base_eval.ipynb #a0b28757
 EVALS = ("core", "bpb", "sample")
@@ -60,28 +61,37 @@ def results_path(source: str, model_tag: str, step: int, base_dir=None) -> Path:
     return Path(base_dir or get_base_dir()) / "base_eval" / name
 
 # %% ../nbs/08a_base_eval.ipynb #d1a06139
+@dataclass
+class BaseEvalConfig:
+    "The settings of `python -m nanochat_nb.base_eval`."
+    eval: str = "core,bpb,sample"             # comma-separated: core, bpb, sample
+    source: str = "base"                      # which checkpoints: base, mid, sft or rl
+    model_tag: str | None = None              # model folder, e.g. d20 (default: the deepest)
+    step: int | None = None                   # checkpoint step (default: the last)
+    max_per_task: int = -1                    # CORE items per task (-1: all)
+    eval_bundle: str | None = None            # folder with core.yaml (default: <base dir>/eval_bundle, downloaded)
+    eval_bundle_url: str = EVAL_BUNDLE_URL    # where to download the eval bundle from when it is absent
+    device_batch_size: int = 32               # rows per forward pass for bpb
+    split_tokens: int = 40 * 524288           # tokens per split for bpb
+    data_dir: str | None = None               # pretraining shards for bpb (default: <base dir>/base_data)
+    device_type: str = ""                     # cuda, cpu or mps (default: autodetect)
+
+    def __post_init__(self):
+        if self.device_batch_size < 1 or self.split_tokens < 1:
+            raise ValueError(f"--device-batch-size {self.device_batch_size} and --split-tokens {self.split_tokens} must be positive")
+
 @script(short={"source": "-i"})
-def main(eval: str = "core,bpb,sample",             # comma-separated: core, bpb, sample
-         source: str = "base",                      # which checkpoints: base, mid, sft or rl
-         model_tag: str | None = None,              # model folder, e.g. d20 (default: the deepest)
-         step: int | None = None,                   # checkpoint step (default: the last)
-         max_per_task: int = -1,                    # CORE items per task (-1: all)
-         eval_bundle: str | None = None,            # folder with core.yaml (default: <base dir>/eval_bundle, downloaded)
-         eval_bundle_url: str = EVAL_BUNDLE_URL,    # where to download the eval bundle from when it is absent
-         device_batch_size: int = 32,               # rows per forward pass for bpb
-         split_tokens: int = 40 * 524288,           # tokens per split for bpb
-         data_dir: str | None = None,               # pretraining shards for bpb (default: <base dir>/base_data)
-         device_type: str = ""):                    # cuda, cpu or mps (default: autodetect)
+def main(cfg: BaseEvalConfig):
     "Evaluate a base model: CORE, bits per byte on train/val, and samples (nanochat's base_eval)."
-    evals = parse_evals(eval)
-    if device_batch_size < 1 or split_tokens < 1:
-        raise ValueError(f"--device-batch-size {device_batch_size} and --split-tokens {split_tokens} must be positive")
+    source, model_tag, step, max_per_task, data_dir = cfg.source, cfg.model_tag, cfg.step, cfg.max_per_task, cfg.data_dir
+    device_batch_size, split_tokens = cfg.device_batch_size, cfg.split_tokens
+    evals = parse_evals(cfg.eval)
     root = checkpoints_root(source)
     model_tag = model_tag or find_largest_model(root)
     step = find_last_step(root / model_tag) if step is None else step
     if "bpb" in evals: check_shards(data_dir)                                              # fail early, before loading
-    bundle = get_eval_bundle(eval_bundle, eval_bundle_url) if "core" in evals else None
-    ddp, rank, local_rank, world_size, device = compute_init(device_type or autodetect_device_type())
+    bundle = get_eval_bundle(cfg.eval_bundle, cfg.eval_bundle_url) if "core" in evals else None
+    ddp, rank, local_rank, world_size, device = compute_init(cfg.device_type or autodetect_device_type())
     model, tokenizer, meta = load_model(source, device, "eval", model_tag, step)
     t0 = time.time()
     results = dict(source=source, model_tag=model_tag, step=step, evals=evals, world_size=world_size)

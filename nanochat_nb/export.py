@@ -5,7 +5,7 @@
 # %% ../nbs/15_export.ipynb #f7e54c8d
 from __future__ import annotations
 import importlib, importlib.util, inspect, json, os, shutil, time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import tiktoken
@@ -25,7 +25,7 @@ __all__ = ['CHAT_TEMPLATE', 'HF_INSTALL', 'MODELING_FILE', 'MODEL_TYPE', 'META_K
            'hf_tokenizer', 'tokenizer_config', 'MissingExtra', 'require', 'hf_config', 'generation_config',
            'model_card', 'save_safetensors', 'export_hf', 'default_out_dir', 'export_checkpoint', 'tokenizer_from_hf',
            'read_hf_folder', 'load_hf_folder', 'import_hf_folder', 'check_hf_folder', 'synthetic_bpe_vocab',
-           'time_export', 'main']
+           'time_export', 'ExportConfig', 'main']
 
 # %% ../nbs/15_export.ipynb #3d996971
 def byte_level_chars() -> dict[int, str]:
@@ -372,15 +372,22 @@ def time_export(depth: int = 20, vocab_size: int = 32768, repeats: int = 1, tmp_
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/15_export.ipynb #fc30c9a6
+@dataclass
+class ExportConfig:
+    "The settings of `python -m nanochat_nb.export`."
+    source: str = "sft"             # phase to export (with --from: to import as): base, mid, sft or rl
+    model_tag: str | None = None   # model folder, e.g. d20 (default: the deepest; with --from: the folder's name)
+    step: int | None = None        # checkpoint step (default: the last)
+    out: str = ""                  # output folder (default: <base dir>/hf/<source>-<tag>-step<step>)
+    dtype: str = "float32"         # weights as float32 (exact) or bfloat16 (half the size)
+    check: bool = False            # after writing, compare the folder's logits in transformers with nanochat_nb's
+    from_: str = ""                # the way back: import this exported folder as a checkpoint of phase -i
+
 @script(short={"source": "-i", "model_tag": "-g", "step": "-s", "out": "-o"})
-def main(source: str = "sft",             # phase to export (with --from: to import as): base, mid, sft or rl
-         model_tag: str | None = None,   # model folder, e.g. d20 (default: the deepest; with --from: the folder's name)
-         step: int | None = None,        # checkpoint step (default: the last)
-         out: str = "",                  # output folder (default: <base dir>/hf/<source>-<tag>-step<step>)
-         dtype: str = "float32",         # weights as float32 (exact) or bfloat16 (half the size)
-         check: bool = False,            # after writing, compare the folder's logits in transformers with nanochat_nb's
-         from_: str = ""):               # the way back: import this exported folder as a checkpoint of phase -i
+def main(cfg: ExportConfig):
     "Export a nanochat_nb checkpoint as a Hugging Face model folder (transformers, lm-eval), or import one with --from."
+    source, model_tag, step, out, dtype, check, from_ = (cfg.source, cfg.model_tag, cfg.step, cfg.out, cfg.dtype, cfg.check,
+                                                         cfg.from_)
     if from_:
         d = import_hf_folder(from_, source, model_tag)
         print0(f"imported {from_} as {source} checkpoint {d}")
