@@ -265,6 +265,9 @@ def test_the_way_back(exported, tmp_path):
     want, _ = Engine(exported["model"], exported["tok"]).generate_batch(prompt, max_tokens=16, temperature=0)
     assert Engine(m2, t2).generate_batch(prompt, max_tokens=16, temperature=0)[0] == want
     assert (d.name, meta2["step"], meta2["max_seq_len"]) == ("imported", 7, 256)
+    p = run_module("chat_cli", "-i", "sft", "-g", "imported", "-p", "What is 2 + 3?", "-t", "0", "--max-tokens", "8",
+                   "--device-type", "cpu", env=cli_env(tmp_path), timeout=300)
+    assert p.returncode == 0 and p.stdout.strip(), p.stderr[-2000:]           # the imported checkpoint answers in the terminal
 
 
 MISSING = """import runpy, sys
