@@ -43,7 +43,7 @@ def flow_diagram(boxes: dict[str, Box], arrows=(), title: str | None = None, fig
             raise ValueError(f"arrow {a[0]!r} -> {a[1]!r} names a box that is not in the diagram ({', '.join(boxes)})")
     fig, ax = plt.subplots(figsize=figsize)
     ax.set_axis_off(); ax.set_aspect("equal")
-    drawn = []
+    drawn, bends = [], []
     for name, b in boxes.items():
         ax.add_patch(FancyBboxPatch((b.x - b.w / 2, b.y - b.h / 2), b.w, b.h, boxstyle="round,pad=0.02,rounding_size=0.12",
                                     fc=PALETTE.get(b.color, b.color), ec="#444444", lw=1))
@@ -55,13 +55,20 @@ def flow_diagram(boxes: dict[str, Box], arrows=(), title: str | None = None, fig
         p0, p1 = s.edge_point(d.x, d.y), d.edge_point(s.x, s.y)
         ax.add_patch(FancyArrowPatch(p0, p1, arrowstyle="-|>", mutation_scale=12, lw=1.2, color="#333333",
                                      connectionstyle=f"arc3,rad={rad}"))
-        if label:
-            ax.text((p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2 + 0.15, label, ha="center", va="bottom",
-                    fontsize=fontsize - 1, color="#333333", style="italic")
+        if label:   # beside the middle of the curve, on its outer side: an arc3 arrow bends by rad/2 of its length there
+            ox, oy = rad / 2 * (p1[1] - p0[1]), -rad / 2 * (p1[0] - p0[0])
+            mx, my = (p0[0] + p1[0]) / 2 + ox, (p0[1] + p1[1]) / 2 + oy
+            if rad and abs(ox) > abs(oy):
+                ax.text(mx + (0.08 if ox > 0 else -0.08), my, label, ha="left" if ox > 0 else "right", va="center",
+                        fontsize=fontsize - 1, color="#333333", style="italic")
+            else:
+                ax.text(mx, my + (-0.12 if oy < 0 else 0.12), label, ha="center", va="top" if oy < 0 else "bottom",
+                        fontsize=fontsize - 1, color="#333333", style="italic")
         drawn.append((src, dst, p0, p1))
+        bends.append(((p0[0] + p1[0]) / 2 + rad / 2 * (p1[1] - p0[1]), (p0[1] + p1[1]) / 2 - rad / 2 * (p1[0] - p0[0])))
     for x, y, t in notes: ax.text(x, y, t, ha="left", va="center", fontsize=fontsize - 1, color="#555555")
-    xs = [b.x - b.w / 2 for b in boxes.values()] + [b.x + b.w / 2 for b in boxes.values()] + [n[0] for n in notes]
-    ys = [b.y - b.h / 2 for b in boxes.values()] + [b.y + b.h / 2 for b in boxes.values()] + [n[1] for n in notes]
+    xs = [b.x - b.w / 2 for b in boxes.values()] + [b.x + b.w / 2 for b in boxes.values()] + [n[0] for n in notes] + [b[0] for b in bends]
+    ys = [b.y - b.h / 2 for b in boxes.values()] + [b.y + b.h / 2 for b in boxes.values()] + [n[1] for n in notes] + [b[1] for b in bends]
     ax.set_xlim(min(xs) - 0.3, max(xs) + 0.3); ax.set_ylim(min(ys) - 0.3, max(ys) + 0.5)
     if title: ax.set_title(title, fontsize=fontsize + 1)
     ax.boxes, ax.arrows = boxes, drawn
