@@ -19,7 +19,7 @@ from .distributed import make_optimizer
 from .engine import Engine
 from .dataset import make_arith_problem
 from .tasks import GSM8K, SyntheticArithmetic, Task, calculator_parts, extract_answer
-from .chat_sft import inherited_settings
+from .recipe import inherited_settings
 
 # %% auto #0
 __all__ = ['RL_TASKS', 'ARITH_LEVELS', 'ARITH_REWARDS', 'group_advantages', 'rollout_tensors', 'policy_gradient_loss',

@@ -22,12 +22,11 @@ from .gpt import GPT, GPTConfig
 from .tokenizer import get_token_bytes, get_tokenizer
 from .tasks import (GSM8K, MMLU, IdentityConversations, SmolTalk, SpellingBee, SyntheticArithmetic,
                                SyntheticSpelling, TaskMixture, TaskSequence)
-from .base_train import B_REF, accumulate_gradients
+from .recipe import LR_NAMES, accumulate_gradients, greedy_tokens, inherited_settings
 
 # %% auto #0
-__all__ = ['MIXTURES', 'LR_NAMES', 'sft_targets', 'PaddedPacker', 'pack_padded', 'stage_defaults', 'sft_mixture',
-           'sft_data_generator', 'sft_lr_multiplier', 'inherited_settings', 'greedy_reply', 'calculator_call_rate',
-           'train_sft', 'main']
+__all__ = ['MIXTURES', 'sft_targets', 'PaddedPacker', 'pack_padded', 'stage_defaults', 'sft_mixture', 'sft_data_generator',
+           'sft_lr_multiplier', 'greedy_reply', 'calculator_call_rate', 'train_sft', 'main']
 
 # %% ../nbs/10_sft.ipynb #76afd3f2
 def sft_targets(ids: list[int], mask: list[int], train_all: bool = False) -> tuple[list[int], list[int]]:
@@ -155,32 +154,11 @@ def sft_lr_multiplier(progress: float, warmdown_ratio: float = 0.5, final_lr_fra
     left = max(0.0, 1 - progress) / warmdown_ratio
     return left + (1 - left) * final_lr_frac
 
-LR_NAMES = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")
-
-def inherited_settings(meta: dict, **overrides) -> dict:
-    "Batch, sequence and learning-rate settings of the run a checkpoint came from; overrides win unless they are -1."
-    uc = meta.get("user_config", {})
-    s = dict(device_batch_size=meta["device_batch_size"], max_seq_len=meta["max_seq_len"], total_batch_size=meta["total_batch_size"])
-    if "learning_rates" in meta: lrs = dict(meta["learning_rates"])          # an SFT or mid checkpoint stores them as used
-    else:
-        scale = math.sqrt(meta["total_batch_size"] / B_REF)                     # a base checkpoint: its flags x batch scaling
-        lrs = {k: uc.get(k, d) * scale for k, d in zip(LR_NAMES, (0.3, 0.008, 0.02, 0.5))}
-    s.update(lrs)
-    for k, v in overrides.items():
-        if v is not None and v != -1: s[k] = v
-    return s
 
 # %% ../nbs/10_sft.ipynb #cbea2bec
-@torch.no_grad()
 def greedy_reply(model, tokenizer, prompt: list[int], max_tokens: int = 64) -> list[int]:
     "Greedy tokens after `prompt` until `<|assistant_end|>` or `<|bos|>` (not included) or `max_tokens`."
-    stop = {tokenizer.encode_special("<|assistant_end|>"), tokenizer.get_bos_token_id()}
-    ids, out, T = list(prompt), [], model.config.sequence_len
-    for _ in range(max_tokens):
-        nxt = int(model(torch.tensor([ids[-T:]], device=model.get_device()))[0, -1].argmax())
-        if nxt in stop: break
-        ids.append(nxt); out.append(nxt)
-    return out
+    return greedy_tokens(model, prompt, max_tokens, stop={tokenizer.encode_special("<|assistant_end|>"), tokenizer.get_bos_token_id()})
 
 def calculator_call_rate(model, tokenizer, task, max_tokens: int = 64) -> float:
     "Share of the task's conversations whose greedy reply contains a `<|python_start|>` tool call."

@@ -12,9 +12,9 @@ from .common import get_peak_flops
 from .gpt import GPT, GPTConfig, config_from_depth
 
 # %% auto #0
-__all__ = ['B_REF', 'D_REF_DEPTH', 'SAMPLE_PROMPTS', 'ASSUMED_MFU', 'model_config', 'training_plan', 'lr_multiplier',
+__all__ = ['B_REF', 'D_REF_DEPTH', 'SAMPLE_PROMPTS', 'ASSUMED_MFU', 'LR_NAMES', 'model_config', 'training_plan', 'lr_multiplier',
            'muon_momentum', 'weight_decay_at', 'apply_schedules', 'accumulate_gradients', 'greedy_tokens',
-           'sample_greedy', 'format_plan', 'num_evaluations', 'estimate_seconds']
+           'sample_greedy', 'format_plan', 'num_evaluations', 'estimate_seconds', 'inherited_settings']
 
 # %% ../nbs/07_pretrain.ipynb #c4cb7bc2
 B_REF, D_REF_DEPTH = 2 ** 19, 12
@@ -180,3 +180,20 @@ def estimate_seconds(plan: dict, device, gpu: str | None = None, eval_tokens: in
         how = f"one timed forward/backward on {device.type}, +15% for the optimizer step"
     train_s, eval_s = plan["total_flops"] / rate, eval_flops / rate
     return dict(seconds=train_s + eval_s, train_seconds=train_s, eval_seconds=eval_s, how=how)
+
+# %% ../nbs/07_pretrain.ipynb #29e31364
+LR_NAMES = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")
+
+def inherited_settings(meta: dict, **overrides) -> dict:
+    "Batch, sequence and learning-rate settings of the run a checkpoint came from; overrides win unless they are -1."
+    uc = meta.get("user_config", {})
+    s = dict(device_batch_size=meta["device_batch_size"], max_seq_len=meta["max_seq_len"], total_batch_size=meta["total_batch_size"])
+    if "learning_rates" in meta: lrs = dict(meta["learning_rates"])          # an SFT or mid checkpoint stores them as used
+    else:
+        scale = math.sqrt(meta["total_batch_size"] / B_REF)                     # a base checkpoint: its flags x batch scaling
+        lrs = {k: uc.get(k, d) * scale for k, d in zip(LR_NAMES, (0.3, 0.008, 0.02, 0.5))}
+    s.update(lrs)
+    for k, v in overrides.items():
+        if v is not None and v != -1: s[k] = v
+    return s
+
