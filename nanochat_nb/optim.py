@@ -10,10 +10,10 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['POLAR_EXPRESS_COEFFS', 'ADAMW_DEFAULTS', 'MUON_DEFAULTS', 'GROUP_KINDS', 'polar_express_coeffs', 'polar_express',
-           'ortho_dtype', 'equilibrate_rows', 'orthogonalize', 'normuon_', 'second_moment_shape', 'cautious_update_',
-           'muon_lr_scale', 'muon_update_', 'adamw_update_', 'check_param_group', 'muon_param_groups', 'MuonAdamW',
-           'd4_like_params', 'bench_optim']
+__all__ = ['POLAR_EXPRESS_COEFFS', 'MUON_EPS', 'ADAMW_DEFAULTS', 'MUON_DEFAULTS', 'GROUP_KINDS', 'polar_express_coeffs',
+           'polar_express', 'ortho_dtype', 'equilibrate_rows', 'orthogonalize', 'normuon_', 'second_moment_shape',
+           'cautious_update_', 'muon_lr_scale', 'muon_update_', 'adamw_update_', 'check_param_group',
+           'muon_param_groups', 'MuonAdamW', 'd4_like_params', 'bench_optim']
 
 # %% ../nbs/03_muon.ipynb #c91089ca
 POLAR_EXPRESS_COEFFS = [
@@ -45,17 +45,19 @@ def ortho_dtype(device) -> torch.dtype:
     "The dtype the Polar Express iterations run in: bf16 on CUDA, fp32 on CPU and MPS."
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
+MUON_EPS = 1e-6   # nanochat's floor for row norms and Frobenius norms; it sets how tiny gradients are treated
+
 def equilibrate_rows(X: Tensor) -> Tensor:
-    "Scale every row of each matrix in `X` (..., m, n) to the mean row norm of that matrix (zero rows stay zero)."
-    r = X.norm(dim=-1, keepdim=True)
-    return X * (r.mean(dim=-2, keepdim=True) / r.clamp_min(1e-20))
+    "Scale every row of each matrix in `X` (..., m, n) to the matrix's root-mean-square row norm, ‖X‖_F/√m (zero rows stay zero)."
+    target = X.norm(dim=(-2, -1), keepdim=True) / X.size(-2) ** 0.5
+    return X * (target / X.norm(dim=-1, keepdim=True).clamp_min(MUON_EPS))
 
 def orthogonalize(G: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
     "Approximate polar factor of each matrix of `G` (..., m, n), in fp32 with Frobenius norm sqrt(min(m, n))."
     X = equilibrate_rows(G.float())
-    X = X / (1.01 * X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.01 + MUON_EPS)
     X = polar_express(X.to(dtype or ortho_dtype(G.device)), steps).float()
-    return X * (min(G.shape[-2:]) ** 0.5 / X.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-20))
+    return X * (min(G.shape[-2:]) ** 0.5 / X.norm(dim=(-2, -1), keepdim=True).clamp_min(MUON_EPS))
 
 # %% ../nbs/03_muon.ipynb #0a56d436
 def normuon_(u: Tensor, v: Tensor, beta2: float) -> Tensor:
@@ -171,8 +173,9 @@ def check_param_group(group, index: int = 0) -> dict:
         raise ValueError(f"{where} mixes shapes {shapes}; Muon stacks the matrices of a group, so make one muon "
                          "group per shape (muon_param_groups does this)")
     if not 0 <= group["momentum"] < 1: raise ValueError(f"{where} has momentum={group['momentum']!r}; it must be in [0, 1)")
-    if group["beta2"] is not None and not 0 <= group["beta2"] < 1:
-        raise ValueError(f"{where} has beta2={group['beta2']!r}; it must be in [0, 1), or None to turn NorMuon off")
+    if group["beta2"] is not None and not 0 <= group["beta2"] <= 1:
+        raise ValueError(f"{where} has beta2={group['beta2']!r}; it must be in [0, 1] (1 keeps the first step's "
+                         "second moment, as nanochat allows), or None to turn NorMuon off")
     if not (isinstance(group["ns_steps"], int) and group["ns_steps"] >= 1):
         raise ValueError(f"{where} has ns_steps={group['ns_steps']!r}; it must be an int >= 1 (nanochat uses 5)")
     return group

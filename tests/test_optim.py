@@ -69,3 +69,16 @@ def test_bench_cli_runs():
     t = make_cli(bench_optim).cli(["--n-embd", "64", "--n-layer", "2", "--vocab", "256", "--steps", "1", "--threads", "1",
                                    "--device-type", "cpu"])
     assert set(t) == {"per_matrix", "stacked", "adamw_plain", "adamw_fused", "full"} and all(v > 0 for v in t.values())
+
+
+def test_beta2_one_is_accepted_like_nanochat():
+    "beta2=1.0 keeps NorMuon's buffer at its first value (nanochat accepts it); above 1 is refused with the range."
+    import pytest, torch
+    from nanochat_nb.optim import MuonAdamW
+    p = torch.nn.Parameter(torch.randn(16, 32))
+    p.grad = torch.randn(16, 32) * 1e-4
+    before = p.detach().clone()
+    MuonAdamW([dict(kind="muon", params=[p], lr=0.02, beta2=1.0)]).step()
+    assert torch.isfinite(p).all() and not torch.equal(p.detach(), before)
+    with pytest.raises(ValueError, match=r"beta2=1.5; it must be in \[0, 1\]"):
+        MuonAdamW([dict(kind="muon", params=[p], lr=0.02, beta2=1.5)])
