@@ -28,7 +28,7 @@ __all__ = ['RL_TASKS', 'ARITH_LEVELS', 'ARITH_REWARDS', 'group_advantages', 'rol
 
 # %% ../nbs/11_rl.ipynb #ad7c45b9
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    "Advantages of one question's sampled answers: `r - mean(r)` (REFERENCE §7: no std division, no clipping)."
+    "Advantages of one question's sampled answers: `r - mean(r)` (nanochat's simplified GRPO: no std division, no clipping)."
     if rewards.ndim != 1 or rewards.numel() == 0:
         raise ValueError(f"rewards must be a non-empty 1-D tensor (one per sampled answer), got shape {tuple(rewards.shape)}")
     return rewards - rewards.mean()

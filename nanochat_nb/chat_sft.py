@@ -80,14 +80,14 @@ def _sub(tasks_dir, name):
     return None if tasks_dir is None else Path(tasks_dir).expanduser() / name
 
 def stage_defaults(stage: str, mixture: str = "default") -> dict:
-    "What -1 means for the mixture flags: SFT (REFERENCE §7) or the older midtraining recipe."
+    "What -1 means for the mixture flags: nanochat's SFT or the older midtraining recipe."
     if stage == "sft": return dict(mmlu_epochs=3, gsm8k_epochs=4, identity_epochs=0, spelling_size=0)
     return dict(mmlu_epochs=1, gsm8k_epochs=1, identity_epochs=2, spelling_size=200_000 if mixture == "default" else 500)
 
 def sft_mixture(split: str = "train", mixture: str = "default", stage: str = "sft", smoltalk_epochs: int = 1,
                 mmlu_epochs: int = -1, gsm8k_epochs: int = -1, identity_epochs: int = -1, spelling_size: int = -1,
                 arith_size: int = 2000, tasks_dir=None):
-    "The training or validation mixture of a stage ('sft' or 'mid'): REFERENCE §7 ('default') or its offline stand-in ('synthetic')."
+    "The training or validation mixture of a stage ('sft' or 'mid'): nanochat's ('default') or its offline stand-in ('synthetic')."
     if mixture not in MIXTURES: raise ValueError(f"--mixture {mixture!r}: choose one of {', '.join(MIXTURES)}")
     if stage not in ("sft", "mid"): raise ValueError(f"--stage {stage!r}: choose sft or mid")
     if split not in ("train", "val"): raise ValueError(f"split {split!r}: choose train or val")

@@ -14,7 +14,8 @@ from .common import atomic_path, get_base_dir, print0
 
 # %% auto #0
 __all__ = ['PHASE_DIRS', 'CONFIG_DEFAULTS', 'checkpoints_root', 'save_checkpoint', 'list_steps', 'find_last_step',
-           'load_checkpoint', 'find_largest_model', 'clean_state_dict', 'build_model', 'load_model']
+           'load_checkpoint', 'find_largest_model', 'patch_missing_params', 'clean_state_dict', 'build_model',
+           'load_model']
 
 # %% ../nbs/07a_checkpoint.ipynb #fdb99cf3
 PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
@@ -80,6 +81,14 @@ def find_largest_model(checkpoints_dir) -> str:
 # %% ../nbs/07a_checkpoint.ipynb #926210bc
 CONFIG_DEFAULTS = {"window_pattern": "L"}   # keys older checkpoints lack -> the behavior they were trained with
 
+def patch_missing_params(model_data: dict, n_layer: int) -> list[str]:
+    "Give a checkpoint from an older nanochat the per-layer scalars it predates, at their neutral values (as nanochat does)."
+    added = []
+    for name, fill in (("resid_lambdas", 1.0), ("x0_lambdas", 0.0)):     # x <- 1.0·x + 0.0·x0: the older model exactly
+        if name not in model_data and f"_orig_mod.{name}" not in model_data:
+            model_data[name] = torch.full((n_layer,), fill); added.append(name)
+    return added
+
 def clean_state_dict(model_data: dict, device) -> dict:
     "Strip `torch.compile` prefixes; on CPU/MPS, bf16 tensors become fp32."
     out = {k.removeprefix("_orig_mod."): v for k, v in model_data.items()}
@@ -94,6 +103,8 @@ def build_model(checkpoint_dir, step: int, device, phase: str = "eval"):
     from nanochat_nb.tokenizer import get_tokenizer
     model_data, _, meta = load_checkpoint(checkpoint_dir, step, device)
     cfg = {**CONFIG_DEFAULTS, **meta["model_config"]}
+    if added := patch_missing_params(model_data, cfg["n_layer"]):
+        print0(f"{checkpoint_dir} predates {', '.join(added)}: set to 1.0 and 0.0, which is the model it was trained as")
     with torch.device("meta"): model = GPT(GPTConfig(**cfg))
     model.to_empty(device=device)
     model.init_weights()   # buffers (rotary tables) that are not in the state dict

@@ -23,10 +23,10 @@ __all__ = ['NANOCHAT_DECODE_TOKENS_PER_SEC', 'sample_next_token', 'generate_naiv
 # %% ../nbs/12_engine.ipynb #60250928
 def sample_next_token(logits: torch.Tensor, rng: torch.Generator | None = None, temperature: float = 1.0,
                       top_k: int | None = None) -> torch.Tensor:
-    "One token per row of `logits` (B, V) -> (B, 1): argmax at temperature 0, else a draw from softmax(logits/T) over the top k."
+    "One token per row of `logits` (B, V) -> (B, 1): argmax at temperature 0 (or below 1e-6), else a draw from softmax(logits/T) over the top k."
     if temperature < 0: raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy decoding)")
     if top_k is not None and top_k < 0: raise ValueError(f"top_k={top_k} must be a positive number of tokens, or None for all")
-    if temperature == 0.0: return torch.argmax(logits, dim=-1, keepdim=True)
+    if temperature < 1e-6: return torch.argmax(logits, dim=-1, keepdim=True)   # greedy (logits/T would overflow to NaN)
     if top_k:                                                 # None or 0: sample from the whole vocabulary
         vals, idx = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1)
         choice = torch.multinomial(F.softmax(vals / temperature, dim=-1), num_samples=1, generator=rng)

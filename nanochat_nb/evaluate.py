@@ -232,13 +232,15 @@ def forward_model(model, input_ids: torch.Tensor):
     return losses, logits.argmax(dim=-1)
 
 def _max_len(model):
-    return getattr(getattr(model, "config", None), "sequence_len", None)
+    "The longest prompt the model can be given: its rotary table (10 x sequence_len), as nanochat's evaluator allows."
+    return getattr(model, "rotary_seq_len", None)
 
 @torch.no_grad()
 def evaluate_example(idx: int, model, tokenizer, data: list[dict], device, task_meta: dict, max_len: int | None = None) -> dict:
     "Score item `idx` of a task: `{'correct', 'pred', 'scores'}` (scores: mean loss per option; None for language modeling)."
     item, kind, delim = data[idx], task_meta["task_type"], task_meta["continuation_delimiter"]
-    shots = [data[i] for i in fewshot_indices(len(data), idx, task_meta["num_fewshot"])]
+    k = min(task_meta["num_fewshot"], len(data) - 1)     # a task cut below its shot count (nanochat would stop here)
+    shots = [data[i] for i in fewshot_indices(len(data), idx, k)]
     if kind not in RENDERERS: raise ValueError(f"unknown task type {kind!r}; known: {TASK_TYPES}")
     tokens, starts, ends = continuation_spans(tokenizer, RENDERERS[kind](item, delim, shots), kind)
     tokens, starts, ends = crop_left(tokens, starts, ends, max_len or _max_len(model))
@@ -283,9 +285,10 @@ def evaluate_core(model, tokenizer, device, bundle_dir, max_per_task: int = -1, 
     results = {}
     for t in load_core_tasks(bundle_dir):
         t0 = time.time()
-        data = load_task_data(t["path"])
-        acc = evaluate_task(model, tokenizer, data, device, t, max_per_task, max_len)
-        n = len(data) if max_per_task < 0 else min(max_per_task, len(data))
+        data = load_task_data(t["path"])                        # shuffled with seed 1337
+        if max_per_task > 0: data = data[:max_per_task]           # cut first, as nanochat does: few-shot examples come from the cut
+        acc = evaluate_task(model, tokenizer, data, device, t, -1, max_len)
+        n = len(data)
         results[t["label"]] = dict(task_type=t["task_type"], num_fewshot=t["num_fewshot"], items=n, accuracy=acc,
                                    baseline=t["baseline"], centered=centered_score(acc, t["baseline"]), seconds=time.time() - t0)
         if verbose: print0(f"{t['label']:<34} accuracy {acc:.4f} | centered {results[t['label']]['centered']:+.4f} | "

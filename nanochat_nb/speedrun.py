@@ -42,7 +42,7 @@ def _meta_gpt(depth: int, vocab_size: int, max_seq_len: int, window_pattern: str
 
 def model_plan(depth: int, ratio: float = 12, vocab_size: int = 32768, max_seq_len: int = 2048, window_pattern: str = "SSSL",
                device_batch_size: int = 32, world_size: int = 1, total_batch_size: int = -1, num_iterations: int = -1) -> dict:
-    "Parameters, FLOPs per token, total batch, iterations and tokens of a depth (REFERENCE §4, the one dial)."
+    "Parameters, FLOPs per token, total batch, iterations and tokens of a depth (chapter 07's one dial)."
     if depth < 1: raise ValueError(f"--depth {depth}: a model needs at least one layer")
     m = _meta_gpt(depth, vocab_size, max_seq_len, window_pattern)
     counts = m.num_scaling_params()

@@ -158,6 +158,9 @@ def fetch_task_urls(name: str, urls: dict, data_dir=None, local_names=(), source
     local = tasks_override_dir(name, data_dir)
     if local is not None: return _local_files(name, list(urls), local, local_names, source)
     d = get_base_dir() / "tasks" / name
+    if not all((d / rel).is_file() for rel in urls):              # a copy seeded from the original release (`--seed-from`)
+        seeded = [d / alt for alt in local_names if (d / alt).is_file()]
+        if seeded: return seeded[:1]
     return [download_file(url, d / rel, retries=retries, backoff=backoff, check=_check_task_file, verbose=verbose)
             for rel, url in urls.items()]
 

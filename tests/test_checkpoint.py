@@ -32,3 +32,24 @@ def test_sigkill_mid_write_keeps_previous_checkpoint(tmp_path):
     # nothing with a real name is half written (only a dead temp file may remain, which readers ignore)
     named = sorted(f.name for f in d.iterdir() if ".tmp." not in f.name)
     assert named == ["meta_000100.json", "model_000100.pt", "optim_000100_rank0.pt"]
+
+
+def test_older_nanochat_checkpoint_loads_as_the_model_it_was(tmp_path, capsys):
+    "A checkpoint without resid_lambdas/x0_lambdas (older nanochat) loads with 1.0 and 0.0, and gives that model's logits."
+    import torch
+    from dataclasses import asdict
+    from nanochat_nb.checkpoint import build_model, save_checkpoint
+    from nanochat_nb.gpt import GPTConfig, build_model as new_model
+    from nanochat_nb.tokenizer import Tokenizer
+    tok = Tokenizer.from_merges([bytes([i]) for i in range(256)])
+    tok.save(tmp_path / "tok")
+    cfg = GPTConfig(sequence_len=32, vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_kv_head=2, n_embd=32, window_pattern="L")
+    torch.manual_seed(0)
+    m = new_model(cfg, "cpu")
+    with torch.no_grad(): m.resid_lambdas.fill_(1.0); m.x0_lambdas.fill_(0.0)
+    sd = {k: v for k, v in m.state_dict().items() if k not in ("resid_lambdas", "x0_lambdas")}
+    save_checkpoint(tmp_path / "ck", 5, sd, None, dict(step=5, model_config=asdict(cfg), tokenizer_dir=str(tmp_path / "tok")))
+    loaded, _, _ = build_model(tmp_path / "ck", 5, "cpu")
+    assert "predates resid_lambdas, x0_lambdas" in capsys.readouterr().out
+    ids = torch.randint(0, 256, (1, 16))
+    with torch.no_grad(): assert torch.allclose(loaded(ids), m.eval()(ids), atol=1e-5)

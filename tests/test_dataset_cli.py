@@ -1,8 +1,9 @@
 """The dataset and bench CLIs as a user runs them: real subprocesses, real files."""
-import json, shutil, subprocess
+import json, shutil, subprocess, sys
+import pytest
 import pyarrow as pa, pyarrow.parquet as pq
 
-from conftest import run_module
+from conftest import SHARED_DATA, cli_env, run_module
 
 
 def _texts(path):
@@ -92,3 +93,18 @@ def test_console_scripts_installed(base_env):
     assert p.returncode == 0 and "--shard-chars" in p.stdout and "--num_files" not in p.stdout
     p = subprocess.run([shutil.which("nanochat-bench")], capture_output=True, text=True, env=base_env)
     assert p.returncode == 0 and "corpus" in p.stdout
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k" / "test.jsonl").is_file(), reason=f"no copies of the eval data in {SHARED_DATA}")
+def test_seed_from_fills_the_cache_the_loaders_read(tmp_path):
+    "`--seed-from DIR` copies the original releases into the cache; the task loaders and CORE then work with no network."
+    env = {**cli_env(tmp_path), "NANOCHAT_HF_URL": "http://127.0.0.1:9"}          # any download attempt would fail
+    p = run_module("dataset", "--seed-from", SHARED_DATA, env=env, timeout=120)
+    assert "seeded gsm8k" in p.stdout and (tmp_path / "eval_bundle" / "core.yaml").is_file()
+    code = ("from nanochat_nb.tasks import GSM8K, HumanEval; from nanochat_nb.evaluate import get_eval_bundle, load_core_tasks;"
+            "print(len(GSM8K('main', 'test')), len(GSM8K('main', 'train')), len(HumanEval()), len(load_core_tasks(get_eval_bundle(retries=1))))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1319", "7473", "164", "18"]
+    bad = run_module("dataset", "--seed-from", tmp_path / "nothing", env=env, check=False)
+    assert bad.returncode == 1 and "none of gsm8k/, humaneval/, eval_bundle/ is there" in bad.stderr and "Traceback" not in bad.stderr
