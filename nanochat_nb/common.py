@@ -15,7 +15,7 @@ import torch.distributed as dist
 __all__ = ['DTYPE_NAMES', 'PEAK_FLOPS_BF16', 'autodetect_device_type', 'parse_dtype', 'pick_dtype', 'compute_dtype',
            'get_dist_info', 'is_ddp', 'print0', 'seed_everything', 'compute_init', 'compute_cleanup',
            'end_torchrun_worker', 'all_gather_objects', 'get_base_dir', 'atomic_path', 'format_duration', 'Progress',
-           'progress', 'MissingPackageError', 'DummyWandb', 'init_wandb', 'get_peak_flops', 'mfu']
+           'progress', 'MissingPackageError', 'DummyWandb', 'init_wandb', 'get_peak_flops', 'mfu', 'import_peer']
 
 # %% ../nbs/00_common.ipynb #78f12845
 def autodetect_device_type() -> str:
@@ -250,3 +250,16 @@ def mfu(flops_per_token: float, tokens_per_sec: float, device_name: str, world_s
     "Model FLOPs utilization (0..1) across `world_size` GPUs, None when the GPU's peak is unknown."
     peak = get_peak_flops(device_name)
     return None if peak is None else flops_per_token * tokens_per_sec / (peak * world_size)
+
+# %% ../nbs/00_common.ipynb #6d2fa50a
+def import_peer(checkout, module: str = "nanochat.gpt"):
+    "Import `module` from a checkout of another project (e.g. nanochat's `nanochat.gpt`), for timing it beside ours."
+    import importlib
+    root = Path(checkout).expanduser().resolve()
+    if not (root / module.split(".")[0]).is_dir():
+        raise FileNotFoundError(f"--peer {checkout}: no {module.split('.')[0]}/ package there; pass the folder of a nanochat "
+                                "checkout (git clone https://github.com/karpathy/nanochat)")
+    if str(root) not in sys.path: sys.path.insert(0, str(root))
+    try: return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingPackageError(f"--peer {checkout}: importing {module} failed ({e}); install what it needs") from None

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .common import autodetect_device_type
+from .common import autodetect_device_type, import_peer
 from .execution import use_calculator
 from .gpt import GPT, GPTConfig, KVCache, build_model
 from .tokenizer import Tokenizer
 
 # %% auto #0
-__all__ = ['NANOCHAT_DECODE_TOKENS_PER_SEC', 'sample_next_token', 'generate_naive', 'last_position_logits', 'ToolTokens',
-           'RowState', 'Engine', 'ScriptedGPT', 'scripted_gpt', 'bench_engine']
+__all__ = ['sample_next_token', 'generate_naive', 'last_position_logits', 'ToolTokens', 'RowState', 'Engine', 'ScriptedGPT',
+           'scripted_gpt', 'bench_engine']
 
 # %% ../nbs/12_engine.ipynb #60250928
 def sample_next_token(logits: torch.Tensor, rng: torch.Generator | None = None, temperature: float = 1.0,
@@ -187,8 +187,6 @@ def scripted_gpt(tokenizer, script: list[int], device="cpu") -> ScriptedGPT:
     return m.init_weights().eval()
 
 # %% ../nbs/12_engine.ipynb #90227e27
-NANOCHAT_DECODE_TOKENS_PER_SEC = {1: 206, 8: 620}   # nanochat's engine, depth 4 / width 256, 2 CPU threads, this machine class
-
 def _time_engine(engine, prompt, batch_size, max_tokens, seed=0):
     "Seconds to the first token column (prefill), seconds for the rest, and the number of decode steps."
     t0 = time.perf_counter(); t1, steps = None, 0
@@ -220,8 +218,9 @@ def bench_engine(depth: int = 4,                 # transformer layers (width by 
                  naive_tokens: int = 16,         # tokens per row timed for the naive loop (it is slow)
                  repeats: int = 2,               # timed runs per configuration; the best is reported
                  threads: int = 2,               # CPU threads for PyTorch
-                 device: str = ""):              # cpu, cuda or mps (default: autodetect)
-    "Prefill and decode tokens/s of the Engine and of the naive loop, at each batch size."
+                 device: str = "",               # cpu, cuda or mps (default: autodetect)
+                 peer: str = ""):                # a nanochat checkout: also time nanochat's Engine on the same model
+    "Prefill and decode tokens/s of the Engine and of the naive loop (and nanochat's engine with --peer), at each batch size."
     try: sizes = [int(b) for b in str(batch_sizes).split(",") if b.strip()]
     except ValueError: raise ValueError(f"--batch-sizes {batch_sizes!r} must be comma-separated integers, e.g. '1,8'")
     if not sizes or min(sizes) < 1: raise ValueError(f"--batch-sizes {batch_sizes!r} needs at least one size >= 1")
@@ -239,13 +238,23 @@ def bench_engine(depth: int = 4,                 # transformer layers (width by 
           f"{max_tokens} new tokens (naive: {naive_tokens}), {device}" + (f", {threads} thread{'s' * (threads != 1)}" if device == "cpu" else "")
           + f", load average {load:.1f}")
     print(f"{'loop':<8}{'batch':>6}{'prefill tok/s':>15}{'decode tok/s':>14}{'ms/step':>9}")
+    loops = {"engine": engine}
+    if peer:                                                         # nanochat's Engine on nanochat's GPT with our weights
+        ng, ne = import_peer(peer, "nanochat.gpt"), import_peer(peer, "nanochat.engine")
+        c = model.config
+        with torch.device("meta"):
+            pm = ng.GPT(ng.GPTConfig(sequence_len=c.sequence_len, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                                     n_kv_head=c.n_kv_head, n_embd=c.n_embd, window_pattern=c.window_pattern))
+        pm.to_empty(device=device); pm.init_weights(); pm.load_state_dict(model.state_dict(), strict=False); pm.eval()
+        loops["nanochat"] = ne.Engine(pm, tok)
+        _time_engine(loops["nanochat"], prompt[:16], 1, 4)
     _time_engine(engine, prompt[:16], 1, 4)                          # warm-up
     res = {}
     for B in sizes:
-        for name in ("engine", "naive"):
+        for name in [*loops, "naive"]:
             best = None
             for r in range(repeats):
-                if name == "engine": pf, dec, steps = _time_engine(engine, prompt, B, max_tokens, seed=r)
+                if name in loops: pf, dec, steps = _time_engine(loops[name], prompt, B, max_tokens, seed=r)
                 else: pf, dec, steps = _time_naive(model, prompt, B, naive_tokens, seed=r)
                 cur = (prompt_len / pf, B * steps / max(dec, 1e-9), dec / max(steps, 1) * 1e3)
                 best = cur if best is None else (max(best[0], cur[0]), max(best[1], cur[1]), min(best[2], cur[2]))
@@ -255,8 +264,7 @@ def bench_engine(depth: int = 4,                 # transformer layers (width by 
     for B in sizes:
         e, n = res["engine", B][1], res["naive", B][1]
         s = f"batch {B}: decode {e:,.0f} tok/s, {e / n:.1f}x the naive loop"
-        if device == "cpu" and (depth, head_dim, vocab_size, prompt_len, max_tokens) == (4, 64, 32768, 256, 128) and B in NANOCHAT_DECODE_TOKENS_PER_SEC:
-            s += f", {e / NANOCHAT_DECODE_TOKENS_PER_SEC[B]:.2f}x nanochat's figure on this machine class ({NANOCHAT_DECODE_TOKENS_PER_SEC[B]})"
+        if peer: s += f", {e / res['nanochat', B][1]:.2f}x nanochat's engine (same process)"
         parts.append(s)
     print("engine: " + "; ".join(parts))
     return {f"{k[0]}_b{k[1]}": v for k, v in res.items()}

@@ -12,14 +12,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .common import autodetect_device_type, compute_dtype, get_peak_flops, mfu, print0
+from .common import autodetect_device_type, compute_dtype, get_peak_flops, import_peer, mfu, print0
 
 # %% auto #0
-__all__ = ['ATTENTION_BACKENDS', 'NANOCHAT_CPU_TOKENS_PER_SEC', 'GPTConfig', 'config_from_depth', 'norm', 'Linear',
-           'naive_attention', 'rotary_tables', 'apply_rotary_emb', 'window_sizes', 'causal_window_mask',
-           'sdpa_attention', 'sliding_window_block_mask', 'flex_window_attention', 'load_fa3', 'pick_attention_backend',
-           'attention_backend', 'attention', 'attention_with_kvcache', 'MLP', 'has_ve', 'CausalSelfAttention', 'Block',
-           'SoftcapCrossEntropy', 'softcap_cross_entropy', 'GPT', 'build_model', 'KVCache', 'bench_train']
+__all__ = ['ATTENTION_BACKENDS', 'GPTConfig', 'config_from_depth', 'norm', 'Linear', 'naive_attention', 'rotary_tables',
+           'apply_rotary_emb', 'window_sizes', 'causal_window_mask', 'sdpa_attention', 'sliding_window_block_mask',
+           'flex_window_attention', 'load_fa3', 'pick_attention_backend', 'attention_backend', 'attention',
+           'attention_with_kvcache', 'MLP', 'has_ve', 'CausalSelfAttention', 'Block', 'SoftcapCrossEntropy',
+           'softcap_cross_entropy', 'GPT', 'build_model', 'KVCache', 'bench_train']
 
 # %% ../nbs/02_gpt.ipynb #4b88c19b
 @dataclass
@@ -581,8 +581,6 @@ def setup_optimizer(self: GPT, unembedding_lr: float = 0.008, embedding_lr: floa
     return opt
 
 # %% ../nbs/02_gpt.ipynb #182babce
-NANOCHAT_CPU_TOKENS_PER_SEC = 1900   # nanochat on the bench configuration, 2 CPU threads, this machine class
-
 def _step_time(model, opt, idx, tg, sync) -> tuple[float, float, float]:
     "Seconds of one training step: (forward + backward, optimizer, CPU time of this process)."
     c0, t0 = time.process_time(), time.perf_counter()
@@ -601,7 +599,8 @@ def bench_train(depth: int = 4,              # transformer layers (the one-dial 
                 threads: int = 2,            # CPU threads for PyTorch
                 device: str = "",            # cpu, cuda or mps (default: autodetect)
                 optimizer: str = "muon",     # 'muon' (MuonAdamW, chapter 03) or 'adamw' (torch AdamW on every parameter)
-                compare: bool = True):       # also time the plain (unfused) logits + cross-entropy path
+                compare: bool = True,        # also time the plain (unfused) logits + cross-entropy path
+                peer: str = ""):             # a nanochat checkout: also time nanochat's GPT and optimizer on the same shapes
     "Training-step throughput (forward + backward + optimizer) of a small GPT, in tokens/s (and MFU on a GPU)."
     device = device or autodetect_device_type()
     if device == "cpu": torch.set_num_threads(threads)
@@ -626,6 +625,17 @@ def bench_train(depth: int = 4,              # transformer layers (the one-dial 
     for _ in range(steps):                                # interleaved, so both see the same machine load
         for name, fused in variants:
             model.fused_loss = fused; times[name].append(_step_time(model, opt, idx, tg, sync))
+    if peer:                                               # nanochat's own model and optimizer, timed in this process
+        ng = import_peer(peer, "nanochat.gpt")
+        c = model.config
+        with torch.device("meta"):
+            pm = ng.GPT(ng.GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=c.n_layer, n_head=c.n_head,
+                                     n_kv_head=c.n_kv_head, n_embd=c.n_embd, window_pattern=window_pattern))
+        pm.to_empty(device=device); pm.init_weights()
+        popt = pm.setup_optimizer()
+        times["nanochat (peer)"] = []
+        _step_time(pm, popt, idx, tg, sync)
+        for _ in range(steps): times["nanochat (peer)"].append(_step_time(pm, popt, idx, tg, sync))
     tokens = batch_size * seq_len
     fpt = model.estimate_flops()
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
@@ -644,8 +654,7 @@ def bench_train(depth: int = 4,              # transformer layers (the one-dial 
               f"{statistics.median(totals) * 1e3:>10.0f}{min(totals) * 1e3:>9.0f}{best[name]:>10,.0f}" + extra)
     tps = best[variants[0][0]]
     line = f"train: {tps:,.0f} tokens/s on {device}"
-    if device == "cpu" and (depth, head_dim, seq_len, batch_size, vocab_size, window_pattern) == (4, 64, 512, 8, 32768, "L"):
-        line += f"; {tps / NANOCHAT_CPU_TOKENS_PER_SEC:.2f}x nanochat's {NANOCHAT_CPU_TOKENS_PER_SEC:,} tokens/s on this config"
+    if peer: line += f"; {tps / best['nanochat (peer)']:.2f}x nanochat ({best['nanochat (peer)']:,.0f} tokens/s, same process)"
     if compare: line += f"; {tps / best[variants[1][0]]:.2f}x the plain loss path"
     if gpu:
         u = mfu(fpt, tps, gpu)
