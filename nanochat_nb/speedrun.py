@@ -706,7 +706,9 @@ def write_report(base_dir, hw: Hardware | None = None, samples: bool = True) -> 
             L += [f"## Sample conversations ({phase} model, greedy)", ""]
             for q, a in convs: L += [f"**user:** {q}", "", f"**assistant:** {a}" if a else "**assistant:** (empty reply)", ""]
     L += ["## Chat with it", "", f"    python -m nanochat_nb.chat_cli -i {'rl' if rl else 'sft'}",
-          f"    python -m nanochat_nb.chat_web -i {'rl' if rl else 'sft'}", ""]
+          f"    python -m nanochat_nb.chat_web -i {'rl' if rl else 'sft'}", "",
+          "## Share it", "", "As a Hugging Face model folder that transformers and lm-eval open (needs the `hf` extra):", "",
+          f"    python -m nanochat_nb.export -i {'rl' if rl else 'sft'} --check", ""]
     path = rdir / "report.md"
     with atomic_path(path) as tmp: tmp.write_text("\n".join(L))
     return path
@@ -781,5 +783,6 @@ def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (defau
     done = run_stages(stages, selected, base, hw, force, print, None if quiet else print)
     src = "rl" if last_checkpoint(base, "rl") else "sft"
     print(f"\nspeedrun finished in {_hms(time.time() - t0)}: report in {base / 'report' / 'report.md'}\n"
-          f"talk to the model:\n    python -m nanochat_nb.chat_cli -i {src}\n    python -m nanochat_nb.chat_web -i {src}")
+          f"talk to the model:\n    python -m nanochat_nb.chat_cli -i {src}\n    python -m nanochat_nb.chat_web -i {src}\n"
+          f"share it as a Hugging Face folder (transformers, lm-eval; needs the hf extra):\n    python -m nanochat_nb.export -i {src}")
     return dict(settings=s, stages=stages, plan=plan, selected=selected, done=done)

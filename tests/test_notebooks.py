@@ -31,3 +31,22 @@ def test_run_all_starts_no_full_size_job(path):
         if not SKIPPED.search(src): continue
         live = [l for l in src.splitlines() if l.strip() and not l.lstrip().startswith("#")]
         assert not live, f"{path}: an `eval: false` cell would run under Run All in JupyterLab: {live}; comment it out"
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "nbs").glob("*.ipynb")), ids=lambda p: p.name)
+def test_saved_widgets_show_their_state(path):
+    "A widget in a saved chapter is stored with its state (tests/refresh_outputs.py), never as a bare text repr."
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    state = nb.get("metadata", {}).get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    for i, c in enumerate(nb["cells"]):
+        for o in c.get("outputs", []):
+            data = o.get("data", {})
+            if WIDGET_VIEW in data:
+                assert data[WIDGET_VIEW]["model_id"] in state, f"{path.name} cell {i}: widget saved without its state; run tests/refresh_outputs.py"
+            else:
+                text = "".join(data.get("text/plain", ""))
+                assert not text.startswith(("interactive(children=", "VBox(children=", "HBox(children=")), \
+                    f"{path.name} cell {i}: a widget saved as text; run tests/refresh_outputs.py {path.relative_to(path.parents[1])}"

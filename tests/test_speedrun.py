@@ -46,7 +46,7 @@ def test_every_stage_leaves_its_artifact(tiny_run):
         assert json.loads(rl.read_text())["history"]
         assert next((base / "chat_eval").glob("rl_d2_*.json"))
     assert _marker(base, "base_train")["figures"]["step"] == 12
-    assert "chat_cli -i " in p.stdout and "chat_web -i " in p.stdout
+    assert "chat_cli -i " in p.stdout and "chat_web -i " in p.stdout and "nanochat_nb.export -i " in p.stdout
 
 
 def test_report_has_every_section_and_image(tiny_run):
@@ -64,6 +64,7 @@ def test_report_has_every_section_and_image(tiny_run):
         assert "rl_reward.png" in md and "## Reinforcement learning" in md
         assert re.search(r"held-out pass@1 [\d.]+ → [\d.]+ and pass@4 [\d.]+ → [\d.]+ \(steps 0 → 2\)", md), md
     for s in ("base_train", "chat_sft", "chat_eval"): assert f"| {s} | " in md
+    assert "## Share it" in md and "python -m nanochat_nb.export -i " in md
 
 
 def test_second_run_skips_every_stage(tiny_run):
