@@ -15,8 +15,6 @@ FORWARD_IMPORTS = {
     ("07_pretrain", "evaluate"),    # the loop measures bits per byte with chapter 08's evaluate_bpb
     ("07b_base_train", "evaluate"),
     ("09_tasks", "execution"),      # HumanEval grades in chapter 09a's sandbox
-    ("09b_chat_eval", "engine"),    # generative tasks sample with chapter 12's engine
-    ("11_rl", "engine"),
 }
 
 
