@@ -16,8 +16,8 @@ from .cli import script
 from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model
 from .dataloader import tokenizing_distributed_data_loader_bos_bestfit
 from .dataset import get_data_dir, list_parquet_files
-from .evaluate import EVAL_BUNDLE_URL, evaluate_bpb, evaluate_core, format_core_table, get_eval_bundle
-from .recipe import SAMPLE_PROMPTS, sample_greedy
+from .evaluate import EVAL_BUNDLE_URL, evaluate_core, format_core_table, get_eval_bundle
+from .recipe import SAMPLE_PROMPTS, evaluate_bpb, sample_greedy
 
 # %% auto #0
 __all__ = ['EVALS', 'parse_evals', 'check_shards', 'bpb_splits', 'results_path', 'BaseEvalConfig', 'main']

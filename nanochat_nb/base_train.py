@@ -19,10 +19,9 @@ from .dataloader import (tokenizing_distributed_data_loader_bos_bestfit,
                                     tokenizing_distributed_data_loader_with_state_bos_bestfit)
 from .dataset import get_data_dir, list_parquet_files
 from .distributed import make_optimizer
-from .evaluate import evaluate_bpb
 from .fp8 import convert_to_float8_training, disable_fp8, fp8_supported_or_warn
 from .gpt import GPT
-from .recipe import (B_REF, SAMPLE_PROMPTS, accumulate_gradients, apply_schedules, estimate_seconds, format_plan,
+from .recipe import (B_REF, SAMPLE_PROMPTS, evaluate_bpb, accumulate_gradients, apply_schedules, estimate_seconds, format_plan,
                                 sample_greedy, training_plan)
 from .tokenizer import default_tokenizer_dir, get_token_bytes, get_tokenizer
 

@@ -15,7 +15,7 @@ __all__ = ['BENCHMARKS', 'get_benchmark', 'list_benchmarks', 'main', 'bench_fp8'
 BENCHMARKS = {  # name -> (module, function, what it measures)
     "corpus": ("nanochat_nb.dataset", "bench_corpus", "embedded corpus generation rate"),
     "tokenizer": ("nanochat_nb.tokenizer", "bench_tokenizer", "BPE training and encoding vs rustbpe / tiktoken"),
-    "train": ("nanochat_nb.gpt", "bench_train", "forward + backward + optimizer step, tokens/s"),
+    "train": ("nanochat_nb.optim", "bench_train", "forward + backward + optimizer step, tokens/s"),
     "optim": ("nanochat_nb.optim", "bench_optim", "MuonAdamW step: stacked vs per-matrix Muon, fused vs plain AdamW"),
     "pack": ("nanochat_nb.dataloader", "bench_pack", "best-fit packing, fast vs naive"),
     "fp8": ("nanochat_nb.bench", "bench_fp8", "fp8 vs bf16: the d24 linear layers and a whole GPT training step"),
@@ -58,6 +58,7 @@ def _gpt_step_ms(depth: int, batch: int, iters: int) -> dict:
     import torch
     from nanochat_nb.fp8 import _time_cuda, convert_to_float8_training
     from nanochat_nb.gpt import GPT
+    import nanochat_nb.optim  # GPT.setup_optimizer
     out = {}
     for mode in ("bf16", "tensorwise", "rowwise"):
         torch.manual_seed(0)

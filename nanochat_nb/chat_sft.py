@@ -17,12 +17,11 @@ from .cli import script
 from .checkpoint import (checkpoints_root, clean_state_dict, find_largest_model, find_last_step, load_checkpoint,
                                     save_checkpoint, CONFIG_DEFAULTS)
 from .distributed import make_optimizer
-from .evaluate import evaluate_bpb
 from .gpt import GPT, GPTConfig
 from .tokenizer import get_token_bytes, get_tokenizer
 from .tasks import (GSM8K, MMLU, IdentityConversations, SmolTalk, SpellingBee, SyntheticArithmetic,
                                SyntheticSpelling, TaskMixture, TaskSequence)
-from .recipe import LR_NAMES, accumulate_gradients, greedy_tokens, inherited_settings
+from .recipe import LR_NAMES, accumulate_gradients, evaluate_bpb, greedy_tokens, inherited_settings
 
 # %% auto #0
 __all__ = ['MIXTURES', 'sft_targets', 'PaddedPacker', 'pack_padded', 'stage_defaults', 'sft_mixture', 'sft_data_generator',

@@ -16,31 +16,11 @@ from .common import get_base_dir, print0
 from .download import DownloadError, download_file, file_lock
 
 # %% auto #0
-__all__ = ['CORE_NUM_TASKS', 'EVAL_BUNDLE_URL', 'TASK_TYPES', 'SAMPLE_TASKS', 'RENDERERS', 'evaluate_bpb', 'centered_score',
-           'load_core_tasks', 'load_task_data', 'write_sample_bundle', 'unpack_bundle', 'get_eval_bundle',
-           'fewshot_indices', 'render_prompts_mc', 'render_prompts_schema', 'render_prompts_lm', 'common_length',
-           'continuation_spans', 'crop_left', 'stack_sequences', 'forward_model', 'evaluate_example', 'rank_items',
-           'task_correct', 'evaluate_task', 'evaluate_core', 'core_summary', 'format_core_table']
-
-# %% ../nbs/08_eval.ipynb #4c33f4ea
-@torch.no_grad()
-def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float:
-    "Bits per byte of `model` over `steps` batches of `(inputs, targets, ...)`; sums all-reduced across ranks."
-    device = token_bytes.device
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    it = iter(batches)
-    for _ in range(steps):
-        x, y = next(it)[:2]
-        loss = model(x, y, loss_reduction="none").reshape(-1).double()
-        y = y.reshape(-1)
-        nbytes = torch.where(y >= 0, token_bytes[y.clamp(min=0)], 0)
-        total_nats += (loss * (nbytes > 0)).sum()
-        total_bytes += nbytes.sum()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total_nats); dist.all_reduce(total_bytes)
-    if total_bytes.item() == 0: raise ValueError("evaluate_bpb saw no target bytes: are the batches all padding or special tokens?")
-    return total_nats.item() / (math.log(2) * total_bytes.item())
+__all__ = ['CORE_NUM_TASKS', 'EVAL_BUNDLE_URL', 'TASK_TYPES', 'SAMPLE_TASKS', 'RENDERERS', 'centered_score', 'load_core_tasks',
+           'load_task_data', 'write_sample_bundle', 'unpack_bundle', 'get_eval_bundle', 'fewshot_indices',
+           'render_prompts_mc', 'render_prompts_schema', 'render_prompts_lm', 'common_length', 'continuation_spans',
+           'crop_left', 'stack_sequences', 'forward_model', 'evaluate_example', 'rank_items', 'task_correct',
+           'evaluate_task', 'evaluate_core', 'core_summary', 'format_core_table']
 
 # %% ../nbs/08_eval.ipynb #90bd69b6
 CORE_NUM_TASKS = 22   # the tasks of the full CORE metric (the shared bundle holds 18 of them)

@@ -7,14 +7,15 @@ from __future__ import annotations
 import math, time
 
 import torch
+import torch.distributed as dist
 
 from .common import get_peak_flops
 from .gpt import GPT, GPTConfig, config_from_depth
 
 # %% auto #0
 __all__ = ['B_REF', 'D_REF_DEPTH', 'SAMPLE_PROMPTS', 'ASSUMED_MFU', 'LR_NAMES', 'model_config', 'training_plan', 'lr_multiplier',
-           'muon_momentum', 'weight_decay_at', 'apply_schedules', 'accumulate_gradients', 'greedy_tokens',
-           'sample_greedy', 'format_plan', 'num_evaluations', 'estimate_seconds', 'inherited_settings']
+           'muon_momentum', 'weight_decay_at', 'apply_schedules', 'accumulate_gradients', 'evaluate_bpb',
+           'greedy_tokens', 'sample_greedy', 'format_plan', 'num_evaluations', 'estimate_seconds', 'inherited_settings']
 
 # %% ../nbs/07_pretrain.ipynb #c4cb7bc2
 B_REF, D_REF_DEPTH = 2 ** 19, 12
@@ -107,6 +108,26 @@ def accumulate_gradients(fwd, loader, batch: tuple, accum: int) -> tuple[torch.T
         consumed = state
         x, y, state = next(loader)
     return loss.detach(), consumed, (x, y, state)
+
+# %% ../nbs/07_pretrain.ipynb #4c33f4ea
+@torch.no_grad()
+def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float:
+    "Bits per byte of `model` over `steps` batches of `(inputs, targets, ...)`; sums all-reduced across ranks."
+    device = token_bytes.device
+    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    it = iter(batches)
+    for _ in range(steps):
+        x, y = next(it)[:2]
+        loss = model(x, y, loss_reduction="none").reshape(-1).double()
+        y = y.reshape(-1)
+        nbytes = torch.where(y >= 0, token_bytes[y.clamp(min=0)], 0)
+        total_nats += (loss * (nbytes > 0)).sum()
+        total_bytes += nbytes.sum()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total_nats); dist.all_reduce(total_bytes)
+    if total_bytes.item() == 0: raise ValueError("evaluate_bpb saw no target bytes: are the batches all padding or special tokens?")
+    return total_nats.item() / (math.log(2) * total_bytes.item())
 
 # %% ../nbs/07_pretrain.ipynb #bdeefe6f
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Re-execute chapters and store their outputs with the state of their widgets, so a saved notebook shows each widget
 as it was left (JupyterLab renders saved widget state in a trusted notebook).
 
-    OMP_NUM_THREADS=1 python tests/refresh_outputs.py nbs/03_muon.ipynb nbs/09_tasks.ipynb ...
+    OMP_NUM_THREADS=1 python tests/refresh_outputs.py nbs/03_muon.ipynb nbs/09a_tasks.ipynb ...
 
 Cells flagged `#| slow`, `#| cuda`, `#| multigpu`, `#| notest` or `#| eval: false` are not run: they keep the
 outputs they have. Run `nbdev_clean` afterwards (settings.ini keeps the `widgets` metadata)."""

@@ -9,13 +9,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NBS = sorted((ROOT / "nbs").glob("[0-9]*.ipynb"))
 TEXT_FILES = [*NBS, *sorted((ROOT / "course").rglob("*.md")), *sorted((ROOT / "course").rglob("*.ipynb")),
               *sorted((ROOT / "nanochat_nb").glob("*.py")), ROOT / "README.md", *sorted((ROOT / "nbs").glob("[!0-9]*.ipynb"))]
-# Imports of a later chapter's module that the reading order still has; each is a known debt, not a pattern to copy.
-FORWARD_IMPORTS = {
-    ("02_gpt", "optim"),            # setup_optimizer and bench_train build chapter 03's MuonAdamW
-    ("07_pretrain", "evaluate"),    # the loop measures bits per byte with chapter 08's evaluate_bpb
-    ("07b_base_train", "evaluate"),
-    ("09_tasks", "execution"),      # HumanEval grades in chapter 09a's sandbox
-}
 
 
 def cells(path):
@@ -88,9 +81,7 @@ def test_no_chapter_imports_a_later_one():
                 mods = [m.group(1) or m.group(2)] if (m.group(1) or m.group(2)) else re.findall(r"\w+", m.group(3))
                 for mod in mods:
                     if mod in owner and order[owner[mod]] > order[p.stem]: found.add((p.stem, mod))
-    new = found - FORWARD_IMPORTS
-    assert not new, f"chapters importing a later chapter's module: {sorted(new)}; reorder or move the code down"
-    assert not FORWARD_IMPORTS - found, f"these known forward imports are gone, drop them from the list: {sorted(FORWARD_IMPORTS - found)}"
+    assert not found, f"chapters importing a later chapter's module: {sorted(found)}; reorder or move the code down"
 
 
 def test_references_are_cited():
