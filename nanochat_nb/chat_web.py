@@ -954,7 +954,7 @@ class ChatWebConfig(ChatLimits):
 @script(short={"source": "-i", "model_tag": "-g", "step": "-s", "num_gpus": "-n", "port": "-p", "temperature": "-t",
                "top_k": "-k", "max_tokens": "-m"})
 def main(cfg: ChatWebConfig):
-    "Serve a nanochat_nb model: a chat page at /, nanochat's /chat/completions, OpenAI's /v1/chat/completions (nanochat's chat_web)."
+    "Serve a nanochat_nb model: a chat page at /, nanochat's /chat/completions, OpenAI's /v1/chat/completions (after the chat_web that nanochat once had)."
     source, host, port, access_log = cfg.source, cfg.host, cfg.port, cfg.access_log
     devices = replica_devices(chat_device(cfg.device_type), cfg.num_gpus)
     model_tag, step = chat_checkpoint(source, cfg.model_tag, cfg.step)
