@@ -33,8 +33,11 @@ class Lab:
         nb_settings = dirs["JUPYTER_CONFIG_DIR"] / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
         nb_settings.mkdir(parents=True)
         (nb_settings / "tracker.jupyterlab-settings").write_text(json.dumps(dict(windowingMode="none")))
-        from conftest import cli_env
+        from conftest import SHARED_DATA, cli_env
         env = cli_env(tmp / "base")
+        if SHARED_DATA.is_dir():                 # the eval data a reader's cache would hold (offline: seeded, as CI does)
+            from nanochat_nb.download import seed_cache
+            seed_cache(SHARED_DATA, tmp / "base", verbose=False)
         for k in ("JUPYTER_PATH", "JUPYTER_PREFER_ENV_PATH", "MPLBACKEND", "JPY_SESSION_NAME"): env.pop(k, None)
         env.update({k: str(v) for k, v in dirs.items()})
         self.runtime = dirs["JUPYTER_RUNTIME_DIR"]
