@@ -25,7 +25,7 @@ __all__ = ['HF_URL', 'SMOLTALK_REPO', 'SMOLTALK_FILES', 'MMLU_REPO', 'MMLU_LETTE
            'extract_answer', 'calculator_parts', 'parts_text', 'FinalAnswerTask', 'GSM8K', 'extract_program',
            'HumanEval', 'load_word_list', 'spelling_conversation', 'SpellingBee', 'SyntheticSpelling', 'CustomJSON',
            'IdentityConversations', 'SyntheticArithmetic', 'final_number', 'grade_cpuchat', 'cpuchat_example',
-           'CPUChat']
+           'CPUChat', 'corpus_fact_turn', 'make_corpus_chat', 'CorpusChat']
 
 # %% ../nbs/09_tasks.ipynb #07f90457
 def _check_int(name: str, value, low: int, allow_none: bool = False):
@@ -615,3 +615,85 @@ class CPUChat(Task):
         return cpuchat_example(skill, random.Random(f"cpuchat/{self.seed}/{index}"))
 
     def evaluate(self, conversation: dict, assistant_response: str) -> bool: return grade_cpuchat(conversation, assistant_response)
+
+# %% ../nbs/09_tasks.ipynb #a3bee65c
+_CC_Q = {  # question templates per fact; even positions are the training split's, odd ones the held-out split's
+    "region": ["Which region is {t} in?", "In what region is {t}?", "Where is {t}?", "{t} is in which region?"],
+    "river": ["Which river is {t} on?", "What river flows through {t}?", "Is {t} on a river? Which one?", "Name the river at {t}."],
+    "known": ["What is {t} known for?", "What is {t} famous for?", "Why do people visit {t}?", "Tell me what {t} is known for."],
+    "mayor": ["Who is the mayor of {t}?", "Who runs {t}?", "Who is {t}'s mayor?", "Do you know the mayor of {t}?"],
+    "capital": ["What is the capital of {c}?", "Which city is the capital of {c}?", "Name the capital of {c}.", "{c}'s capital is?"],
+    "language": ["What language do people speak in {c}?", "Which language is spoken in {c}?", "What do people in {c} speak?",
+                 "In {c}, what language do people use?"],
+    "legs": ["How many legs does a {a} have?", "A {a} has how many legs?", "Count the legs of a {a}.", "How many legs has a {a} got?"],
+}
+_CC_FOLLOW = {"region": ["And which region is it in?", "Where is that, which region?"],
+              "river": ["Which river is it on?", "And the river?"],
+              "mayor": ["Who is its mayor?", "And who is the mayor there?"],
+              "language": ["And what language do they speak there?", "What do people speak there?"],
+              "capital": ["What is its capital?", "And the capital city?"]}
+_CC_UNKNOWN = [("What is the favorite food of the mayor of {t}?", "t"), ("How tall is the tallest building in {t}?", "t"),
+               ("What is the population of {c}?", "c"), ("Who won the last election in {c}?", "c"),
+               ("What is the phone number of the library in {t}?", "t"), ("How old is the oldest {a} in the world?", "a")]
+_CC_SMALL = [("How are you today?", "I am doing well, thank you for asking! How can I help you?"),
+             ("Thanks!", "You are welcome. Ask me anything else you like."),
+             ("Good night!", "Good night! Talk to you soon."),
+             ("Can you help me?", "Of course. What do you need?"),
+             ("That was helpful, thank you.", "I am glad it helped!"),
+             ("Tell me something interesting.", "Jupiter is the fifth planet from the Sun, and it is the planet after Mars."),
+             ("Nice to meet you.", "Nice to meet you too! I am nanochat_nb."),
+             ("I am bored.", "Let us do something fun: ask me to count the letters in a word, or about a town you like.")]
+_CC_IDENT = ["Who are you?", "What is your name?", "Introduce yourself.", "Who am I chatting with?", "What should I call you?",
+             "Are you a human?", "Are you ChatGPT?", "hello, who is this?"]
+
+def _cc_half(items: list, split: str) -> list:
+    return items[0::2] if split == "train" else items[1::2]
+
+def corpus_fact_turn(kind: str, r: random.Random, split: str, subject=None) -> tuple[str, str, str]:
+    "(question, answer, subject) about a fact the embedded corpus states, phrased with the `split`'s templates."
+    if kind in ("region", "river", "known", "mayor"):
+        t = subject or pick_name(r, "town"); f = town_facts(t)
+        ans = {"region": f"{t} is a {f['size']} in {f['region']}.", "river": f"{t} is on the {f['river']} River.",
+               "known": f"{t} is known for {f['known_for']}.", "mayor": f"The mayor of {t} is {f['mayor']}."}[kind]
+        return r.choice(_cc_half(_CC_Q[kind], split)).format(t=t), ans, t
+    if kind in ("capital", "language"):
+        c = subject or r.choice(list(COUNTRIES)); cap, cont, lang = COUNTRIES[c]
+        ans = f"The capital of {c} is {cap}." if kind == "capital" else f"People in {c} speak {lang}."
+        return r.choice(_cc_half(_CC_Q[kind], split)).format(c=c), ans, c
+    a = subject or r.choice([k for k, v in ANIMALS.items() if v[0]])
+    return r.choice(_cc_half(_CC_Q["legs"], split)).format(a=a), f"A {a} has {ANIMALS[a][0]} legs.", a
+
+def make_corpus_chat(r: random.Random, split: str = "train") -> dict:
+    "A 1-4 turn chat about the embedded corpus's world: facts and follow-ups, small talk, identity, honest 'I don't know'."
+    _check_choice("split", split, ("train", "test"))
+    turns = []
+    if r.random() < 0.3:
+        turns += [r.choice(_cc_half(_CC_IDENT, split)), f"I am {IDENTITY}."]
+    kind = r.choice(list(_CC_Q))
+    q, a, subj = corpus_fact_turn(kind, r, split)
+    turns += [q, a]
+    follow = [k for k in _CC_FOLLOW if k != kind and (k in ("region", "river", "mayor")) == (kind in ("region", "river", "known", "mayor"))
+              and kind != "legs"]
+    if follow and r.random() < 0.6:
+        k = r.choice(follow)
+        turns += [r.choice(_CC_FOLLOW[k]), corpus_fact_turn(k, r, split, subj)[1]]
+    if r.random() < 0.3:
+        uq, slot = r.choice(_cc_half(_CC_UNKNOWN, split))
+        name = {"t": pick_name(r, "town"), "c": r.choice(list(COUNTRIES)), "a": r.choice(list(ANIMALS))}[slot]
+        turns += [uq.format(**{slot: name}), "I don't know. Nothing I have read says that, and I would rather not guess."]
+    if r.random() < 0.4:
+        turns += list(r.choice(_cc_half(_CC_SMALL, split)))
+    return _chat(*turns)
+
+class CorpusChat(Task):
+    "`size` multi-turn chats about the embedded corpus's world (the offline stand-in for SmolTalk), deterministic in (seed, split, index)."
+    def __init__(self, size: int = 1000, split: str = "train", seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        _check_int("size", size, 0); _check_choice("split", split, ("train", "test"))
+        self.size, self.split, self.seed = int(size), split, seed
+
+    @property
+    def eval_type(self) -> str: return "generative"
+    def num_examples(self) -> int: return self.size
+    def get_example(self, index: int) -> dict:
+        return make_corpus_chat(random.Random(f"corpuschat/{self.seed}/{self.split}/{index}"), self.split)
