@@ -564,7 +564,10 @@ def cpuchat_example(skill: str, r: random.Random) -> dict:
         q, worked, final = make_arith_problem(r, r.choice([1, 2]))
         return _exam(skill, _chat(q, calculator_parts(f"{worked}\n#### {final}"))["messages"], "number", str(final))
     if skill == "letters":
-        word = r.choice(CPUCHAT_WORDS); letter = r.choice(word)
+        word = r.choice(CPUCHAT_WORDS)   # the count is drawn first (0, 1, 2, ... as the word allows) so no constant wins
+        by_count = {}
+        for l in "abcdefghijklmnopqrstuvwxyz": by_count.setdefault(word.count(l), []).append(l)
+        letter = r.choice(by_count[r.choice(sorted(by_count))])
         return _exam(skill, spelling_conversation(word, letter, "both", r)["messages"], "number", str(word.count(letter)))
     if skill == "facts":
         kind = r.choice(["capital", "legs", "planet", "river", "region"])
