@@ -15,33 +15,35 @@ from nanochat_nb.common import (atomic_path, autodetect_device_type, compute_cle
 from .cli import script
 from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model
 from .evaluate import rank_items
-from .tasks import ARC, GSM8K, MMLU, HumanEval, SpellingBee, Task
+from .tasks import CPUChat, ARC, GSM8K, MMLU, HumanEval, SpellingBee, Task
 from .engine import Engine
 
 # %% auto #0
-__all__ = ['BASELINES', 'TASK_NAMES', 'TASK_FOLDERS', 'parse_task_names', 'load_task', 'centered_accuracy', 'chatcore',
-           'choice_token_ids', 'predict_letters', 'run_categorical_eval', 'run_generative_eval', 'run_chat_eval',
-           'format_chat_table', 'results_path', 'main']
+__all__ = ['BASELINES', 'TASK_NAMES', 'TASK_FOLDERS', 'EXTRA_TASKS', 'parse_task_names', 'load_task', 'centered_accuracy',
+           'chatcore', 'choice_token_ids', 'predict_letters', 'run_categorical_eval', 'run_generative_eval',
+           'run_chat_eval', 'format_chat_table', 'results_path', 'main']
 
 # %% ../nbs/09c_chat_eval.ipynb #c23915cf
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
 TASK_NAMES = tuple(BASELINES)
 TASK_FOLDERS = {"ARC-Easy": "arc", "ARC-Challenge": "arc", "MMLU": "mmlu", "GSM8K": "gsm8k", "HumanEval": "humaneval",
                 "SpellingBee": "spellingbee"}
+EXTRA_TASKS = ("CPUChat",)   # built in, graded per skill, not part of ChatCORE (no download, never in the default list)
 
 def parse_task_names(spec: str | None) -> list[str]:
     "The task names of an `-a` value ('|'-separated; empty or None: all six), checked, in the order given."
     if spec is None or not spec.strip(): return list(TASK_NAMES)
     names = [s.strip() for s in spec.split("|") if s.strip()]
-    bad = [s for s in names if s not in BASELINES]
+    bad = [s for s in names if s not in BASELINES and s not in EXTRA_TASKS]
     if bad or not names:
         raise ValueError(f"-a {spec!r}: " + (f"unknown task {bad[0]!r}" if bad else "no task named")
-                         + f"; choose from {'|'.join(TASK_NAMES)} (one, or several joined by '|')")
+                         + f"; choose from {'|'.join(TASK_NAMES + EXTRA_TASKS)} (one, or several joined by '|')")
     return list(dict.fromkeys(names))
 
 def load_task(name: str, tasks_dir=None) -> Task:
     "The evaluation split of task `name`, read from `tasks_dir/<folder>` when given (else downloaded, or $NANOCHAT_TASKS_DIR)."
     parse_task_names(name)
+    if name == "CPUChat": return CPUChat(per_skill=20, seed=0)
     data_dir = None if tasks_dir is None else Path(tasks_dir).expanduser() / TASK_FOLDERS[name]
     if name in ("ARC-Easy", "ARC-Challenge"): return ARC(subset=name, split="test", data_dir=data_dir)
     if name == "MMLU": return MMLU(subset="all", split="test", data_dir=data_dir)
@@ -150,17 +152,24 @@ def run_generative_eval(task, model, tokenizer, num_samples: int = 1, max_new_to
     n = _num_problems(task, max_problems)
     mine = list(rank_items(n, rank, world_size))
     correct = 0
+    skills = {s: [0, 0] for s in getattr(task, "skills", ())}   # per-skill [correct, total] for exams that tag examples
     for done, i in enumerate(mine, 1):
         conv = task[i]
         prompt = tokenizer.render_for_completion(conv)
         seqs, _ = generate(prompt, num_samples=num_samples, max_tokens=max_new_tokens, temperature=temperature,
                            top_k=top_k, seed=seed)
         replies = [tokenizer.decode(s[len(prompt):]) for s in seqs]
-        correct += int(any(bool(task.evaluate(conv, r)) for r in replies))
+        ok = int(any(bool(task.evaluate(conv, r)) for r in replies))
+        correct += ok
+        if conv.get("skill") in skills: skills[conv["skill"]][0] += ok; skills[conv["skill"]][1] += 1
         _progress(repr(task), done, len(mine), correct, progress)
     if progress: print0()
     correct, total = _sum_counts(correct, len(mine), _model_device(model))
-    return dict(correct=correct, total=total, accuracy=correct / total if total else 0.0, num_samples=num_samples)
+    out = dict(correct=correct, total=total, accuracy=correct / total if total else 0.0, num_samples=num_samples)
+    if skills:
+        summed = {s: _sum_counts(c, t, _model_device(model)) for s, (c, t) in skills.items()}
+        out["skills"] = {s: dict(correct=c, total=t, accuracy=c / t if t else 0.0) for s, (c, t) in summed.items()}
+    return out
 
 # %% ../nbs/09c_chat_eval.ipynb #7c3e01f5
 def run_chat_eval(task, model, tokenizer, batch_size: int = 8, num_samples: int = 1, max_new_tokens: int = 512,
@@ -179,12 +188,17 @@ def format_chat_table(results: dict) -> str:
     "Per-task results `{name: {correct, total, accuracy, ...}}` as a Markdown table, with ChatCORE under it."
     lines = ["| task | correct | total | accuracy | baseline | centered |", "|---|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
+        if name not in BASELINES:   # an exam outside ChatCORE: its skills under it, no baseline
+            lines.append(f"| {name} | {r['correct']} | {r['total']} | {r['accuracy']:.4f} | - | - |")
+            lines += [f"| {name}/{s} | {v['correct']} | {v['total']} | {v['accuracy']:.4f} | - | - |" for s, v in r.get("skills", {}).items()]
+            continue
         lines.append(f"| {name} | {r['correct']} | {r['total']} | {r['accuracy']:.4f} | {BASELINES[name]:.2f} | "
                      f"{centered_accuracy(r['accuracy'], BASELINES[name]):+.4f} |")
-    score = chatcore({k: r["accuracy"] for k, r in results.items()})
+    scored = {k: r["accuracy"] for k, r in results.items() if k in BASELINES}
+    if not scored: return "\n".join(lines)
     missing = [k for k in TASK_NAMES if k not in results]
-    tail = f" (partial: over {len(results)}/6 tasks, missing {'|'.join(missing)})" if missing else ""
-    return "\n".join(lines) + f"\n\nChatCORE {score:.4f}{tail}"
+    tail = f" (partial: over {len(scored)}/6 tasks, missing {'|'.join(missing)})" if missing else ""
+    return "\n".join(lines) + f"\n\nChatCORE {chatcore(scored):.4f}{tail}"
 
 def results_path(source: str, model_tag: str, step: int, base_dir=None) -> Path:
     "`<base dir>/chat_eval/<source>_<tag>_<step>.json`."
@@ -224,12 +238,14 @@ def main(task_name: str = "|".join(TASK_NAMES),   # one task, or several joined 
         t0 = time.time()
         r = run_chat_eval(task, model, tokenizer, batch_size, num_samples, max_new_tokens, temperature, top_k or None,
                           max_problems, progress=progress)
-        r.update(eval_type=task.eval_type, baseline=BASELINES[name], centered=centered_accuracy(r["accuracy"], BASELINES[name]),
+        base = BASELINES.get(name)
+        r.update(eval_type=task.eval_type, baseline=base, centered=None if base is None else centered_accuracy(r["accuracy"], base),
                  seconds=time.time() - t0)
         results[name] = r
         print0(f"{name}: {r['correct']}/{r['total']} = {100 * r['accuracy']:.2f}% ({r['seconds']:.1f}s)")
     out = dict(source=source, model_tag=model_tag, step=step, world_size=world_size, tasks=results,
-               chatcore=chatcore({k: r["accuracy"] for k, r in results.items()}), partial=len(results) < len(TASK_NAMES),
+               chatcore=chatcore(scored) if (scored := {k: r["accuracy"] for k, r in results.items() if k in BASELINES}) else None,
+               partial=len(scored) < len(TASK_NAMES),
                settings=dict(max_problems=max_problems, batch_size=batch_size, num_samples=num_samples,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k))
     print0(format_chat_table(results))

@@ -13,17 +13,19 @@ import pyarrow.parquet as pq
 
 from .common import get_base_dir
 from .download import download_file
-from .dataset import make_arith_problem
+from .dataset import ANIMALS, COUNTRIES, PLANETS, WORDS, make_arith_problem, pick_name, town_facts
 from .execution import CALC_ANNOTATION_RE, check_humaneval, use_calculator
 
 # %% auto #0
 __all__ = ['HF_URL', 'SMOLTALK_REPO', 'SMOLTALK_FILES', 'MMLU_REPO', 'MMLU_LETTERS', 'ARC_REPO', 'GSM_ANSWER_RE', 'GSM8K_REPO',
            'HUMANEVAL_REPO', 'SPELLING_WORDS', 'WORDS_URL', 'SPELLING_QUESTIONS', 'SPELLING_MODES', 'IDENTITY',
-           'IDENTITY_CONVERSATIONS', 'Task', 'TaskMixture', 'TaskSequence', 'tasks_override_dir', 'fetch_task_urls',
-           'task_files', 'read_table', 'TableTask', 'check_conversation', 'SmolTalk', 'render_mc', 'MultipleChoiceTask',
-           'MMLU', 'ARC', 'extract_answer', 'calculator_parts', 'parts_text', 'FinalAnswerTask', 'GSM8K',
-           'extract_program', 'HumanEval', 'load_word_list', 'spelling_conversation', 'SpellingBee',
-           'SyntheticSpelling', 'CustomJSON', 'IdentityConversations', 'SyntheticArithmetic']
+           'IDENTITY_CONVERSATIONS', 'CPUCHAT_SKILLS', 'CPUCHAT_IDENTITY_PROMPTS', 'CPUCHAT_WORDS', 'NUMBER_RE', 'Task',
+           'TaskMixture', 'TaskSequence', 'tasks_override_dir', 'fetch_task_urls', 'task_files', 'read_table',
+           'TableTask', 'check_conversation', 'SmolTalk', 'render_mc', 'MultipleChoiceTask', 'MMLU', 'ARC',
+           'extract_answer', 'calculator_parts', 'parts_text', 'FinalAnswerTask', 'GSM8K', 'extract_program',
+           'HumanEval', 'load_word_list', 'spelling_conversation', 'SpellingBee', 'SyntheticSpelling', 'CustomJSON',
+           'IdentityConversations', 'SyntheticArithmetic', 'final_number', 'grade_cpuchat', 'cpuchat_example',
+           'CPUChat', 'corpus_fact_turn', 'make_corpus_chat', 'CorpusChat']
 
 # %% ../nbs/09a_tasks.ipynb #07f90457
 def _check_int(name: str, value, low: int, allow_none: bool = False):
@@ -508,3 +510,196 @@ class SyntheticArithmetic(FinalAnswerTask):
         question, worked, final = make_arith_problem(r, self.steps)
         return {"messages": [{"role": "user", "content": question},
                              {"role": "assistant", "content": calculator_parts(f"{worked}\n#### {final}")}], "answer": final}
+
+# %% ../nbs/09a_tasks.ipynb #3e82c70f
+CPUCHAT_SKILLS = ("identity", "arithmetic", "letters", "facts", "conversation")
+
+CPUCHAT_IDENTITY_PROMPTS = [  # phrasings that none of IDENTITY_CONVERSATIONS uses
+    "Hello! Who are you?", "Hi there, what should I call you?", "Please introduce yourself.", "What are you?",
+    "hey, who am I talking to?", "Are you a person or a program?", "Good morning! What is your name?",
+    "Could you tell me your name, please?", "Which model are you?", "Before we start, who are you exactly?",
+    "Are you Siri?", "What do people call you?"]
+
+CPUCHAT_WORDS = """window pillow carpet blanket kitten puppy basket candle ladder marble pencil hammer jacket button
+mirror kettle saddle wallet velvet harvest cottage lantern whistle pebble garlicky meadowlark thimble feather
+cabinet vinegar hollow barrel ribbon paddle sunset dessert accordion tattoo cinnamon""".split()
+
+NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+def final_number(text: str) -> str | None:
+    "The graded number of a reply: the one after `####` when there is one, else the last number in it (no commas, no '.0')."
+    got = extract_answer(text)
+    if got is None:
+        nums = NUMBER_RE.findall(text)
+        got = nums[-1].replace(",", "") if nums else None
+    if got is not None and re.fullmatch(r"-?\d+\.0+", got): got = got.split(".")[0]
+    return got
+
+def _mentions(text: str, phrase: str) -> bool:
+    return re.search(rf"(?<![A-Za-z]){re.escape(phrase)}(?![A-Za-z])", text, re.IGNORECASE) is not None
+
+def grade_cpuchat(conversation: dict, reply: str) -> bool:
+    """One CPUChat rule. 'number': the reply's final number equals `answer`. 'name': the reply mentions `answer`
+    (whole word, any case) and none of the `rivals` (so listing every capital does not pass)."""
+    kind, ans = conversation["grade"], str(conversation["answer"])
+    if kind == "number": return final_number(reply) == ans
+    if kind == "name": return _mentions(reply, ans) and not any(_mentions(reply, x) for x in conversation.get("rivals", ()))
+    raise ValueError(f"unknown CPUChat grading rule {kind!r}; expected 'number' or 'name'")
+
+def _exam(skill, messages, grade, answer, rivals=()) -> dict:
+    return {"messages": messages, "skill": skill, "grade": grade, "answer": answer, "rivals": list(rivals)}
+
+def cpuchat_example(skill: str, r: random.Random) -> dict:
+    "One held-out exam conversation for `skill` (the last assistant message is a reference answer)."
+    _check_choice("skill", skill, CPUCHAT_SKILLS)
+    if skill == "identity":
+        q = r.choice(CPUCHAT_IDENTITY_PROMPTS)
+        return _exam(skill, _chat(q, f"I am {IDENTITY}.")["messages"], "name", "nanochat_nb")
+    if skill == "arithmetic":
+        if r.random() < 0.5:
+            a, b, op = r.randint(2, 99), r.randint(2, 99), r.choice("+-*")
+            if op == "-" and b > a: a, b = b, a
+            if op == "*": b = r.randint(2, 12)
+            val = a + b if op == "+" else a - b if op == "-" else a * b
+            q = r.choice(["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "what's {a}{op}{b}", "Please work out {a} {op} {b}."])
+            q = q.format(a=a, b=b, op=op)
+            return _exam(skill, _chat(q, calculator_parts(f"{a} {op} {b} = <<{a}{op}{b}={val}>>{val}\n#### {val}"))["messages"], "number", str(val))
+        q, worked, final = make_arith_problem(r, r.choice([1, 2]))
+        return _exam(skill, _chat(q, calculator_parts(f"{worked}\n#### {final}"))["messages"], "number", str(final))
+    if skill == "letters":
+        word = r.choice(CPUCHAT_WORDS)   # the count is drawn first (0, 1, 2, ... as the word allows) so no constant wins
+        by_count = {}
+        for l in "abcdefghijklmnopqrstuvwxyz": by_count.setdefault(word.count(l), []).append(l)
+        letter = r.choice(by_count[r.choice(sorted(by_count))])
+        return _exam(skill, spelling_conversation(word, letter, "both", r)["messages"], "number", str(word.count(letter)))
+    if skill == "facts":
+        kind = r.choice(["capital", "legs", "planet", "river", "region"])
+        if kind == "capital":
+            c = r.choice(list(COUNTRIES)); cap = COUNTRIES[c][0]
+            q = r.choice(["What is the capital of {c}?", "Which city is the capital of {c}?", "Name the capital of {c}."]).format(c=c)
+            return _exam(skill, _chat(q, f"The capital of {c} is {cap}.")["messages"], "name", cap,
+                         [v[0] for k, v in COUNTRIES.items() if v[0] != cap])
+        if kind == "legs":
+            a = r.choice([k for k, v in ANIMALS.items() if v[0]]); legs = ANIMALS[a][0]
+            return _exam(skill, _chat(f"How many legs does a {a} have?", f"A {a} has {legs} legs.")["messages"], "number", str(legs))
+        if kind == "planet":
+            i = r.randrange(7); p, nxt = PLANETS[i], PLANETS[i + 1]
+            return _exam(skill, _chat(f"Which planet comes after {p}?", f"The planet after {p} is {nxt}.")["messages"], "name", nxt,
+                         [x for x in PLANETS if x not in (p, nxt)])
+        town = pick_name(r, "town"); f = town_facts(town)
+        if kind == "river":
+            return _exam(skill, _chat(f"Which river is {town} on?", f"{town} is on the {f['river']} River.")["messages"], "name", f["river"])
+        return _exam(skill, _chat(f"In which region is {town}?", f"{town} is in {f['region']}.")["messages"], "name", f["region"])
+    # conversation: three user turns about one topic; the graded reply must answer the follow-up about that topic
+    c = r.choice(list(COUNTRIES)); cap, cont, lang = COUNTRIES[c]
+    if r.random() < 0.5:
+        turns = (f"Tell me about {c}.", f"{c} is a country in {cont}. The capital of {c} is {cap}.",
+                 "Which continent was that again?", f"{c} is in {cont}.",
+                 "And what language do people speak there?", f"People in {c} speak {lang}.")
+        rivals = [v[2] for v in COUNTRIES.values() if v[2] not in lang and lang not in v[2]]
+        return _exam(skill, _chat(*turns)["messages"], "name", lang, rivals)
+    turns = (f"I am planning a trip to {c}.", f"{c} is a country in {cont}, and people there speak {lang}.",
+             "Nice! Which language should I practice?", f"People in {c} speak {lang}.",
+             "And what is its capital city?", f"The capital of {c} is {cap}.")
+    return _exam(skill, _chat(*turns)["messages"], "name", cap, [v[0] for v in COUNTRIES.values() if v[0] != cap])
+
+class CPUChat(Task):
+    """The CPU chat exam: `per_skill` held-out conversations for each of identity, arithmetic (bare sums and 1-2 step
+    word problems), letter counting in words no drill uses, corpus facts and a 3-turn conversation, deterministic in `seed`."""
+    skills = CPUCHAT_SKILLS
+    def __init__(self, per_skill: int = 20, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        _check_int("per_skill", per_skill, 1)
+        self.per_skill, self.seed = int(per_skill), seed
+
+    @property
+    def eval_type(self) -> str: return "generative"
+    def num_examples(self) -> int: return self.per_skill * len(CPUCHAT_SKILLS)
+
+    def get_example(self, index: int) -> dict:
+        skill = CPUCHAT_SKILLS[index % len(CPUCHAT_SKILLS)]
+        return cpuchat_example(skill, random.Random(f"cpuchat/{self.seed}/{index}"))
+
+    def evaluate(self, conversation: dict, assistant_response: str) -> bool: return grade_cpuchat(conversation, assistant_response)
+
+# %% ../nbs/09a_tasks.ipynb #a3bee65c
+_CC_Q = {  # question templates per fact; even positions are the training split's, odd ones the held-out split's
+    "region": ["Which region is {t} in?", "In what region is {t}?", "Where is {t}?", "{t} is in which region?"],
+    "river": ["Which river is {t} on?", "What river flows through {t}?", "Is {t} on a river? Which one?", "Name the river at {t}."],
+    "known": ["What is {t} known for?", "What is {t} famous for?", "Why do people visit {t}?", "Tell me what {t} is known for."],
+    "mayor": ["Who is the mayor of {t}?", "Who runs {t}?", "Who is {t}'s mayor?", "Do you know the mayor of {t}?"],
+    "capital": ["What is the capital of {c}?", "Which city is the capital of {c}?", "Name the capital of {c}.", "{c}'s capital is?"],
+    "language": ["What language do people speak in {c}?", "Which language is spoken in {c}?", "What do people in {c} speak?",
+                 "In {c}, what language do people use?"],
+    "legs": ["How many legs does a {a} have?", "A {a} has how many legs?", "Count the legs of a {a}.", "How many legs has a {a} got?"],
+}
+_CC_FOLLOW = {"region": ["And which region is it in?", "Where is that, which region?"],
+              "river": ["Which river is it on?", "And the river?"],
+              "mayor": ["Who is its mayor?", "And who is the mayor there?"],
+              "language": ["And what language do they speak there?", "What do people speak there?"],
+              "capital": ["What is its capital?", "And the capital city?"]}
+_CC_UNKNOWN = [("What is the favorite food of the mayor of {t}?", "t"), ("How tall is the tallest building in {t}?", "t"),
+               ("What is the population of {c}?", "c"), ("Who won the last election in {c}?", "c"),
+               ("What is the phone number of the library in {t}?", "t"), ("How old is the oldest {a} in the world?", "a")]
+_CC_SMALL = [("How are you today?", "I am doing well, thank you for asking! How can I help you?"),
+             ("Thanks!", "You are welcome. Ask me anything else you like."),
+             ("Good night!", "Good night! Talk to you soon."),
+             ("Can you help me?", "Of course. What do you need?"),
+             ("That was helpful, thank you.", "I am glad it helped!"),
+             ("Tell me something interesting.", "Jupiter is the fifth planet from the Sun, and it is the planet after Mars."),
+             ("Nice to meet you.", "Nice to meet you too! I am nanochat_nb."),
+             ("I am bored.", "Let us do something fun: ask me to count the letters in a word, or about a town you like.")]
+_CC_IDENT = ["Who are you?", "What is your name?", "Introduce yourself.", "Who am I chatting with?", "What should I call you?",
+             "Are you a human?", "Are you ChatGPT?", "hello, who is this?"]
+
+def _cc_half(items: list, split: str) -> list:
+    return items[0::2] if split == "train" else items[1::2]
+
+def corpus_fact_turn(kind: str, r: random.Random, split: str, subject=None) -> tuple[str, str, str]:
+    "(question, answer, subject) about a fact the embedded corpus states, phrased with the `split`'s templates."
+    if kind in ("region", "river", "known", "mayor"):
+        t = subject or pick_name(r, "town"); f = town_facts(t)
+        ans = {"region": f"{t} is a {f['size']} in {f['region']}.", "river": f"{t} is on the {f['river']} River.",
+               "known": f"{t} is known for {f['known_for']}.", "mayor": f"The mayor of {t} is {f['mayor']}."}[kind]
+        return r.choice(_cc_half(_CC_Q[kind], split)).format(t=t), ans, t
+    if kind in ("capital", "language"):
+        c = subject or r.choice(list(COUNTRIES)); cap, cont, lang = COUNTRIES[c]
+        ans = f"The capital of {c} is {cap}." if kind == "capital" else f"People in {c} speak {lang}."
+        return r.choice(_cc_half(_CC_Q[kind], split)).format(c=c), ans, c
+    a = subject or r.choice([k for k, v in ANIMALS.items() if v[0]])
+    return r.choice(_cc_half(_CC_Q["legs"], split)).format(a=a), f"A {a} has {ANIMALS[a][0]} legs.", a
+
+def make_corpus_chat(r: random.Random, split: str = "train") -> dict:
+    "A 1-4 turn chat about the embedded corpus's world: facts and follow-ups, small talk, identity, honest 'I don't know'."
+    _check_choice("split", split, ("train", "test"))
+    turns = []
+    if r.random() < 0.3:
+        turns += [r.choice(_cc_half(_CC_IDENT, split)), f"I am {IDENTITY}."]
+    kind = r.choice(list(_CC_Q))
+    q, a, subj = corpus_fact_turn(kind, r, split)
+    turns += [q, a]
+    follow = [k for k in _CC_FOLLOW if k != kind and (k in ("region", "river", "mayor")) == (kind in ("region", "river", "known", "mayor"))
+              and kind != "legs"]
+    if follow and r.random() < 0.6:
+        k = r.choice(follow)
+        turns += [r.choice(_CC_FOLLOW[k]), corpus_fact_turn(k, r, split, subj)[1]]
+    if r.random() < 0.3:
+        uq, slot = r.choice(_cc_half(_CC_UNKNOWN, split))
+        name = {"t": pick_name(r, "town"), "c": r.choice(list(COUNTRIES)), "a": r.choice(list(ANIMALS))}[slot]
+        turns += [uq.format(**{slot: name}), "I don't know. Nothing I have read says that, and I would rather not guess."]
+    if r.random() < 0.4:
+        turns += list(r.choice(_cc_half(_CC_SMALL, split)))
+    return _chat(*turns)
+
+class CorpusChat(Task):
+    "`size` multi-turn chats about the embedded corpus's world (the offline stand-in for SmolTalk), deterministic in (seed, split, index)."
+    def __init__(self, size: int = 1000, split: str = "train", seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        _check_int("size", size, 0); _check_choice("split", split, ("train", "test"))
+        self.size, self.split, self.seed = int(size), split, seed
+
+    @property
+    def eval_type(self) -> str: return "generative"
+    def num_examples(self) -> int: return self.size
+    def get_example(self, index: int) -> dict:
+        return make_corpus_chat(random.Random(f"corpuschat/{self.seed}/{self.split}/{index}"), self.split)

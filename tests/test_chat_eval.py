@@ -150,6 +150,21 @@ def test_offline_error_says_what_to_do(prepared):
     assert "could not download" in p.stderr and "ARC-Easy" in p.stderr and "offline" in p.stderr
 
 
+def test_cli_cpuchat_exam_per_skill(prepared):
+    "The built-in exam needs no data: its table lists each skill, its JSON counts them, and it has no ChatCORE."
+    base, env, tasks = prepared
+    p = run_module("chat_eval", "-a", "CPUChat", "--max-problems", "10", *QUICK, env=env)
+    r = _result(base)
+    assert r["chatcore"] is None and r["tasks"]["CPUChat"]["total"] == 10
+    skills = r["tasks"]["CPUChat"]["skills"]
+    assert list(skills) == ["identity", "arithmetic", "letters", "facts", "conversation"]
+    assert all(v["total"] == 2 for v in skills.values())
+    assert sum(v["correct"] for v in skills.values()) == r["tasks"]["CPUChat"]["correct"]
+    assert "| CPUChat/facts | " in p.stdout and "ChatCORE" not in p.stdout
+    q = run_module("chat_eval", "-a", "CPUchat", env=env, check=False)
+    assert q.returncode == 1 and "unknown task 'CPUchat'" in q.stderr and "CPUChat" in q.stderr and "Traceback" not in q.stderr
+
+
 def test_bad_flags_fail_clearly(prepared, tmp_path):
     base, env, tasks = prepared
     cases = [(["-a", "ARC-Easy|HellaSwag"], "unknown task 'HellaSwag'"),
