@@ -18,6 +18,7 @@ BENCHMARKS = {  # name -> (module, function, what it measures)
     "train": ("nanochat_nb.optim", "bench_train", "forward + backward + optimizer step, tokens/s"),
     "optim": ("nanochat_nb.optim", "bench_optim", "MuonAdamW step: stacked vs per-matrix Muon, fused vs plain AdamW"),
     "pack": ("nanochat_nb.dataloader", "bench_pack", "best-fit packing, fast vs naive"),
+    "execution": ("nanochat_nb.attacks", "bench_execution", "sandbox overhead and HumanEval's 164 solutions, guard only vs isolated"),
     "fp8": ("nanochat_nb.bench", "bench_fp8", "fp8 vs bf16: the d24 linear layers and a whole GPT training step"),
     "engine": ("nanochat_nb.engine", "bench_engine", "prefill and decode tokens/s vs the naive loop"),
     "course": ("nanochat_nb.course_stats", "bench_course", "reading minutes per chapter, the core path, the longest functions"),

@@ -4,14 +4,18 @@
 
 # %% ../nbs/09_execution.ipynb #76300bf0
 from __future__ import annotations
-import ast, dataclasses, json, math, os, re, selectors, shutil, signal, subprocess, sys, tempfile, time
+import ast, builtins, dataclasses, errno, functools, json, math, os, re, secrets, select, selectors, shutil
+import importlib.util, signal, socket, string, struct, subprocess, sys, tempfile, textwrap, threading, time
 from concurrent.futures import ThreadPoolExecutor
 
 # %% auto #0
-__all__ = ['CALC_MAX_CHARS', 'CALC_MAX_NODES', 'CALC_MAX_ABS', 'CALC_MAX_SECONDS', 'CALC_ANNOTATION_RE', 'HOSTILE_PROGRAMS',
-           'CalculatorError', 'calc_eval', 'format_number', 'use_calculator', 'find_calculator_annotations',
-           'AnnotationReport', 'check_calculator_annotations', 'ExecutionResult', 'execute_code', 'hostile_programs',
-           'humaneval_program', 'check_humaneval', 'execute_many']
+__all__ = ['CALC_MAX_CHARS', 'CALC_MAX_NODES', 'CALC_MAX_ABS', 'CALC_MAX_SECONDS', 'CALC_ANNOTATION_RE', 'SANDBOX_ENV',
+           'SANDBOX_UID', 'MAX_REPLY_BYTES', 'MAX_STATUS_BYTES', 'HOSTILE_PROGRAMS', 'CalculatorError', 'calc_eval',
+           'format_number', 'use_calculator', 'find_calculator_annotations', 'AnnotationReport',
+           'check_calculator_annotations', 'SandboxUnavailableError', 'sandbox_mode', 'bwrap_command',
+           'isolation_problem', 'resolve_isolation', 'seccomp_filter', 'run_bpf', 'CandidateError',
+           'SandboxProtocolError', 'ExecutionResult', 'execute_code', 'hostile_programs', 'humaneval_program',
+           'check_humaneval', 'execute_many', 'humaneval_grader', 'check_humaneval_many']
 
 # %% ../nbs/09_execution.ipynb #52b54ce0
 CALC_MAX_CHARS = 1000    # longest expression accepted
@@ -128,8 +132,9 @@ import builtins, io, json, linecache, os, posix, resource, sys
 cfg = json.loads(sys.argv[1])
 status_fd, workdir = cfg["status_fd"], cfg["workdir"]
 with open(cfg["program_path"], encoding="utf-8") as f: src = f.read()
-os.unlink(cfg["program_path"])
-_exit, _write = os._exit, os.write
+try: os.unlink(cfg["program_path"])
+except OSError: pass                               # read-only under isolation: the program may read its own source
+_exit, _write, _read = os._exit, os.write, os.read
 
 def report(msg, code):
     for s in (sys.stdout, sys.stderr):
@@ -140,13 +145,24 @@ def report(msg, code):
     _exit(code)
 
 for res, soft in ((resource.RLIMIT_AS, cfg["max_memory_bytes"]), (resource.RLIMIT_CPU, cfg["cpu_seconds"]),
-                  (resource.RLIMIT_FSIZE, cfg["max_file_bytes"]), (resource.RLIMIT_CORE, 0)):
+                  (resource.RLIMIT_FSIZE, cfg["max_file_bytes"]), (resource.RLIMIT_CORE, 0),
+                  (resource.RLIMIT_NPROC, cfg["max_processes"]), (resource.RLIMIT_NOFILE, cfg["max_open_files"])):
     hard = soft + 1 if res == resource.RLIMIT_CPU else soft
     cur_hard = resource.getrlimit(res)[1]
     if cur_hard != resource.RLIM_INFINITY: soft, hard = min(soft, cur_hard), min(hard, cur_hard)
     try: resource.setrlimit(res, (soft, hard))
     except (ValueError, OSError): pass            # a limit that is already lower stays as it is
 os.chdir(workdir)
+
+if cfg["seccomp"]:                                 # refuse new processes, namespaces, tracing, ... (see seccomp_filter)
+    import ctypes
+    class _FProg(ctypes.Structure): _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    _filt = ctypes.create_string_buffer(bytes.fromhex(cfg["seccomp"]))
+    _fprog = _FProg(len(_filt.raw) // 8, ctypes.cast(_filt, ctypes.c_void_p))
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    if _libc.prctl(38, 1, None, 0, 0) or _libc.prctl(22, 2, ctypes.cast(ctypes.byref(_fprog), ctypes.c_void_p), 0, 0):
+        report(f"error OSError: the seccomp filter could not be loaded (errno {ctypes.get_errno()})", 1)
 
 if cfg["guards"]:
     import shutil, subprocess
@@ -192,8 +208,9 @@ if cfg["guards"]:
     del shutil, subprocess
 
 linecache.cache["<program>"] = (len(src), None, src.splitlines(True), "<program>")
+program_globals = {"__name__": "__main__", "__builtins__": builtins}
 try:
-    exec(compile(src, "<program>", "exec"), {"__name__": "__main__", "__builtins__": builtins})
+    exec(compile(src, "<program>", "exec"), program_globals)
 except SystemExit as e:
     report(f"exit {e.code!r}", 3)
 except BaseException as e:
@@ -201,14 +218,295 @@ except BaseException as e:
         import traceback; traceback.print_exc()
     except BaseException: pass
     report(f"error {type(e).__name__}: {str(e)[:500]}", 1)
+
+if cfg["serve"]:      # answer calls of one function: JSON lines in on `req_fd`, JSON lines out on `resp_fd`
+    exec(cfg["codec"])
+    req_fd, resp_fd, limit = cfg["serve"]["req_fd"], cfg["serve"]["resp_fd"], cfg["serve"]["max_bytes"]
+    fn = program_globals.get(cfg["serve"]["entry_point"])
+    if not callable(fn): report(f"error NameError: the program defines no function {cfg['serve']['entry_point']!r}", 1)
+    def send(obj):
+        data = (json.dumps(obj) + "\n").encode()
+        while data: data = data[_write(resp_fd, data):]
+    send({"ready": True})
+    buf = b""
+    while True:
+        while b"\n" not in buf:
+            chunk = _read(req_fd, 65536)
+            if not chunk: report("ok", 0)
+            buf += chunk
+        line, buf = buf.split(b"\n", 1)
+        call = json.loads(line)
+        try: reply = {"id": call["id"], "ok": encode_value(fn(*decode_value(call["args"])))}
+        except BaseException as e: reply = {"id": call["id"], "raise": type(e).__name__, "msg": str(e)[:300]}
+        try:
+            if len(json.dumps(reply)) > limit: raise ValueError(f"the result is longer than {limit} bytes")
+        except BaseException as e: reply = {"id": call["id"], "raise": type(e).__name__, "msg": str(e)[:300]}
+        send(reply)
 report("ok", 0)
 '''
+
+# %% ../nbs/09_execution.ipynb #22e46fe5
+SANDBOX_ENV = "NANOCHAT_SANDBOX"   # "isolate" (the default) or "guard-only"
+SANDBOX_UID = 65534                # the user id a program has inside its namespace ("nobody")
+
+class SandboxUnavailableError(PermissionError):
+    "OS isolation cannot run here and running without it was not asked for (the message says why and what to do)."
+
+def sandbox_mode() -> str:
+    "How model-written code runs: 'isolate' (namespaces + limits + guard, the default) or 'guard-only' (opt-in)."
+    mode = os.environ.get(SANDBOX_ENV, "").strip() or "isolate"
+    if mode not in ("isolate", "guard-only"):
+        raise ValueError(f"{SANDBOX_ENV}={mode!r}: use 'isolate' (the default) or 'guard-only' (the Python guard alone, unsafe)")
+    return mode
+
+def _runtime_paths() -> tuple[str, list[str]]:
+    "The real Python binary and the folders it needs (its installation, besides /usr), for read-only binding."
+    exe = os.path.realpath(sys.executable)
+    dirs = {os.path.realpath(sys.base_prefix)}
+    if not any(exe.startswith(d + os.sep) for d in dirs | {"/usr"}): dirs.add(os.path.dirname(exe))
+    return exe, sorted(d for d in dirs if d != "/usr" and not d.startswith("/usr/"))
+
+def bwrap_command(python: str, host_dir: str, work_bytes: int = 64 * 2**20) -> list[str]:
+    """The bubblewrap command line that runs `python` with every namespace unshared (user, PID, mount, network, IPC,
+    UTS, cgroup), the system and Python installation read-only, `host_dir` read-only at /sandbox, a fresh
+    size-limited /work and /tmp, a minimal /dev, no /proc, an empty environment and no capabilities. It stays in the
+    caller's process group (no `--new-session`: the evaluator starts it in a session of its own, without a terminal),
+    so killing that group kills every process of the sandbox."""
+    cmd = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--clearenv",
+           "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--disable-userns",
+           "--hostname", "sandbox", "--cap-drop", "ALL", "--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib32", "lib64"):
+        p = "/" + top
+        if os.path.islink(p): cmd += ["--symlink", os.readlink(p), p]
+        elif os.path.isdir(p): cmd += ["--ro-bind", p, p]
+    cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    for d in _runtime_paths()[1]: cmd += ["--ro-bind", d, d]
+    cmd += ["--dev", "/dev", "--ro-bind", host_dir, "/sandbox",
+            "--size", str(work_bytes), "--tmpfs", "/work", "--size", str(work_bytes), "--tmpfs", "/tmp",
+            "--chdir", "/work", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work",
+            "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8", "--setenv", "MALLOC_ARENA_MAX", "1", "--"]
+    return cmd + [python]
+
+_ISOLATION_HELP = ("install bubblewrap (Debian/Ubuntu: `sudo apt install bubblewrap`; Fedora: `sudo dnf install bubblewrap`) "
+                   "and allow unprivileged user namespaces (`sudo sysctl -w kernel.unprivileged_userns_clone=1`; Ubuntu 24.04: "
+                   "`sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`; in Docker: `--security-opt seccomp=unconfined`)")
+
+@functools.cache
+def isolation_problem() -> str | None:
+    "None when programs can run in namespaces here; otherwise one line saying why not."
+    if not sys.platform.startswith("linux"): return f"OS isolation needs Linux namespaces, and this is {sys.platform}"
+    if not shutil.which("bwrap"): return "bubblewrap (`bwrap`) is not installed"
+    with tempfile.TemporaryDirectory(prefix="nanochat_probe_") as d:
+        try:
+            p = subprocess.run(bwrap_command(_runtime_paths()[0], d) + ["-I", "-S", "-c", "import os; print(os.getuid())"],
+                               capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e: return f"bwrap did not run: {e}"
+    if p.returncode != 0 or p.stdout.strip() != str(SANDBOX_UID):
+        why = (p.stderr.strip().splitlines() or [f"exit status {p.returncode}"])[-1]
+        return f"bwrap cannot create the sandbox's namespaces here ({why})"
+    return None
+
+_warned_guard_only = False
+def resolve_isolation(isolate: bool | None = None) -> bool:
+    """Whether to run in namespaces: `isolate` if given, else the `NANOCHAT_SANDBOX` setting. Raises
+    `SandboxUnavailableError` when isolation is wanted but cannot run; warns (once per process) when it is off."""
+    global _warned_guard_only
+    if isolate is None: isolate = sandbox_mode() == "isolate"
+    if isolate:
+        problem = isolation_problem()
+        if problem:
+            raise SandboxUnavailableError(f"cannot isolate model-written code: {problem}. To fix it, {_ISOLATION_HELP}; or set "
+                                          f"{SANDBOX_ENV}=guard-only to run it under the Python guard alone (unsafe: it can "
+                                          "read your files and reach your network)")
+        return True
+    if not _warned_guard_only:
+        _warned_guard_only = True
+        print(f"warning: model-written code runs under the Python guard alone, without OS isolation ({SANDBOX_ENV}="
+              "guard-only or isolate=False); it can read your files, reach your network and signal your processes",
+              file=sys.stderr)
+    return False
+
+# %% ../nbs/09_execution.ipynb #2cd6fbdb
+# Linux system call numbers of what a program under test never needs: new processes and programs, namespaces and
+# mounts, leaving the process group (which the evaluator kills), tracing and other processes' memory, kernel keys, BPF, perf, userfaultfd, io_uring, modules, clocks, reboot.
+_DENIED_SYSCALLS = {  # name: (x86_64, aarch64)
+    "fork": (57, None), "vfork": (58, None), "execve": (59, 221), "execveat": (322, 281), "ptrace": (101, 117),
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51), "unshare": (272, 97),
+    "setns": (308, 268), "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218), "bpf": (321, 280),
+    "perf_event_open": (298, 241), "userfaultfd": (323, 282), "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426), "io_uring_register": (427, 427), "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271), "kexec_load": (246, 104), "init_module": (175, 105),
+    "finit_module": (313, 273), "delete_module": (176, 106), "reboot": (169, 142), "swapon": (167, 224),
+    "swapoff": (168, 225), "acct": (163, 89), "settimeofday": (164, 170), "clock_settime": (227, 112),
+    "personality": (135, 92), "setsid": (112, 157), "setpgid": (109, 154), "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264),
+}
+_SECCOMP_ARCHES = {"x86_64": (0xC000003E, 0, 56, 435), "aarch64": (0xC00000B7, 1, 220, 435)}  # audit arch, column, clone, clone3
+_RET_ALLOW, _RET_KILL, _RET_ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
+_CLONE_THREAD = 0x00010000
+
+def seccomp_filter(machine: str | None = None) -> bytes | None:
+    """A classic-BPF seccomp program (the bytes of its `struct sock_filter` array) that refuses the calls in
+    `_DENIED_SYSCALLS` with EPERM, refuses `clone` unless it makes a thread, answers `clone3` with ENOSYS (so the C
+    library falls back to `clone`) and kills a process that uses another ABI. None on an architecture it does not know."""
+    machine = machine or os.uname().machine
+    if machine not in _SECCOMP_ARCHES: return None
+    audit_arch, col, clone, clone3 = _SECCOMP_ARCHES[machine]
+    deny = sorted({nrs[col] for nrs in _DENIED_SYSCALLS.values() if nrs[col] is not None})
+    LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
+    eperm, enosys = ("ret", _RET_ERRNO | errno.EPERM), ("ret", _RET_ERRNO | errno.ENOSYS)
+    allow, kill = ("ret", _RET_ALLOW), ("ret", _RET_KILL)
+    # (code, jump-if-true, jump-if-false, k) with jumps given as return labels (or 0: the next instruction)
+    prog = [(LD, 0, 0, 4), (JEQ, 0, kill, audit_arch), (LD, 0, 0, 0)]
+    if machine == "x86_64": prog.append((JGE, kill, 0, 0x40000000))    # the x32 ABI
+    prog.append((JEQ, enosys, 0, clone3))
+    prog += [(JEQ, eperm, 0, nr) for nr in deny]
+    prog += [(JEQ, 0, allow, clone), (LD, 0, 0, 16), (JSET, allow, eperm, _CLONE_THREAD)]   # args[0] of clone: its flags
+    rets = [allow, eperm, enosys, kill]
+    end, out = len(prog), []
+    for pc, (code, jt, jf, k) in enumerate(prog):
+        rel = lambda j: 0 if j == 0 else end + rets.index(j) - pc - 1
+        out.append(struct.pack("=HBBI", code, rel(jt), rel(jf), k))
+    out += [struct.pack("=HBBI", RET, 0, 0, r[1]) for r in rets]
+    return b"".join(out)
+
+def run_bpf(filt: bytes, nr: int, arch: int, args=(0,) * 6) -> int:
+    "What a seccomp filter returns for one system call: a small interpreter of the instructions `seccomp_filter` uses."
+    data = struct.pack("=iIQ6Q", nr, arch, 0, *args)
+    prog = [struct.unpack("=HBBI", filt[i:i + 8]) for i in range(0, len(filt), 8)]
+    pc = acc = 0
+    while True:
+        code, jt, jf, k = prog[pc]
+        if code == 0x20: acc = struct.unpack_from("=I", data, k)[0]; pc += 1
+        elif code == 0x06: return k
+        else:
+            cond = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+            pc += 1 + (jt if cond else jf)
+
+# %% ../nbs/09_execution.ipynb #279a4cae
+_CODEC_SRC = r'''
+def encode_value(x, depth=0):
+    "A Python value as JSON-ready data, with tags for what JSON lacks (tuples, sets, bytes, non-finite floats, dicts with other keys)."
+    if depth > 100: raise ValueError("nested more than 100 levels")
+    t = type(x)
+    if x is None or t in (bool, int, str): return x
+    if t is float: return x if x == x and abs(x) != float("inf") else {"$": "float", "v": repr(x)}
+    if t is list: return [encode_value(v, depth + 1) for v in x]
+    if t is tuple: return {"$": "tuple", "v": [encode_value(v, depth + 1) for v in x]}
+    if t in (set, frozenset): return {"$": t.__name__, "v": [encode_value(v, depth + 1) for v in x]}
+    if t is bytes: return {"$": "bytes", "v": x.hex()}
+    if t is complex: return {"$": "complex", "v": [repr(x.real), repr(x.imag)]}
+    if t is dict:
+        if all(type(k) is str for k in x) and "$" not in x: return {k: encode_value(v, depth + 1) for k, v in x.items()}
+        return {"$": "dict", "v": [[encode_value(k, depth + 1), encode_value(v, depth + 1)] for k, v in x.items()]}
+    raise TypeError(f"cannot pass a {t.__name__} between the sandbox and the grader (only plain data)")
+
+def decode_value(x, depth=0):
+    "The inverse of `encode_value`; anything else is refused."
+    if depth > 100: raise ValueError("nested more than 100 levels")
+    t = type(x)
+    if x is None or t in (bool, int, str): return x
+    if t is float: return x
+    if t is list: return [decode_value(v, depth + 1) for v in x]
+    if t is not dict: raise TypeError(f"unexpected {t.__name__} in a message")
+    if "$" not in x: return {k: decode_value(v, depth + 1) for k, v in x.items()}
+    tag, v = x["$"], x.get("v")
+    if tag == "float" and v in ("nan", "inf", "-inf"): return float(v)
+    if tag == "bytes" and type(v) is str: return bytes.fromhex(v)
+    if tag == "complex" and type(v) is list and len(v) == 2: return complex(float(v[0]), float(v[1]))
+    if type(v) is not list: raise TypeError(f"bad tagged value {tag!r}")
+    if tag == "tuple": return tuple(decode_value(e, depth + 1) for e in v)
+    if tag in ("set", "frozenset"): return {"set": set, "frozenset": frozenset}[tag](decode_value(e, depth + 1) for e in v)
+    if tag == "dict": return {decode_value(k, depth + 1): decode_value(e, depth + 1) for k, e in v}
+    raise TypeError(f"unknown tag {tag!r}")
+'''
+exec(_CODEC_SRC)
+
+# %% ../nbs/09_execution.ipynb #b84dec92
+MAX_REPLY_BYTES = 2**20           # the longest reply (one JSON line) the grader accepts from the sandbox
+
+class CandidateError(Exception):
+    "The function under test raised an exception that is not one of Python's built-in ones (or is SystemExit & co)."
+
+class SandboxProtocolError(Exception):
+    "The sandbox answered out of turn, with more than the limit, with malformed data, or not at all."
+
+class _Proxy:
+    "Calls the function in the sandbox: one JSON line out per call, one JSON line back with the same random id."
+    def __init__(self, req_w: int, resp_r: int, deadline: float):
+        self.req_w, self.resp_r, self.deadline = req_w, resp_r, deadline
+        self.buf, self.calls, self.closed, self.broken, self.timed_out = b"", 0, False, None, False
+        os.set_blocking(req_w, False); os.set_blocking(resp_r, False)
+
+    def _wait(self, fd, write: bool):
+        while not self.closed:
+            left = self.deadline - time.monotonic()
+            if left <= 0: self.timed_out = True; raise SandboxProtocolError("no answer before the deadline")
+            r, w, _ = select.select([] if write else [fd], [fd] if write else [], [], min(left, 0.05))
+            if r or w: return
+        raise SandboxProtocolError("the run is over")
+
+    def _line(self) -> dict:
+        while b"\n" not in self.buf:
+            self._wait(self.resp_r, write=False)
+            try: chunk = os.read(self.resp_r, 65536)
+            except BlockingIOError: continue
+            if not chunk: raise SandboxProtocolError("the program ended before answering")
+            self.buf += chunk
+            if len(self.buf) > MAX_REPLY_BYTES + 1: raise SandboxProtocolError(f"a reply longer than {MAX_REPLY_BYTES} bytes")
+        line, self.buf = self.buf.split(b"\n", 1)
+        try: msg = json.loads(line)
+        except (ValueError, RecursionError) as e: raise SandboxProtocolError(f"a reply that is not JSON ({e})") from None
+        if type(msg) is not dict: raise SandboxProtocolError("a reply that is not a JSON object")
+        return msg
+
+    def start(self):
+        if self._line() != {"ready": True}: raise SandboxProtocolError("the program did not start the way the sandbox does")
+
+    def __call__(self, *args):
+        if self.broken: raise SandboxProtocolError(self.broken)
+        try:
+            self.calls += 1
+            call_id = secrets.token_hex(8)
+            data = (json.dumps({"id": call_id, "args": encode_value(list(args))}) + "\n").encode()
+            while data:
+                self._wait(self.req_w, write=True)
+                try: data = data[os.write(self.req_w, data):]
+                except BlockingIOError: continue
+                except BrokenPipeError: raise SandboxProtocolError("the program ended before answering") from None
+            msg = self._line()
+            if msg.get("id") != call_id: raise SandboxProtocolError("a reply that does not answer the call")
+            if "ok" in msg: return decode_value(msg["ok"])
+        except SandboxProtocolError as e: self.broken = str(e); raise
+        except (TypeError, ValueError, RecursionError) as e:
+            self.broken = f"a reply with data that is not plain values ({e})"; raise SandboxProtocolError(self.broken) from None
+        name, text = str(msg.get("raise")), str(msg.get("msg", ""))[:300]
+        cls = getattr(builtins, name, None)
+        if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, (OSError, Warning)) and cls.__module__ == "builtins":
+            try: exc = cls(text)
+            except Exception: exc = CandidateError(f"{name}: {text}")
+            raise exc
+        raise CandidateError(f"{name}: {text}")
+
+    def close(self): self.closed = True
+
+class _GraderThread(threading.Thread):
+    "Runs `grader(proxy)` in the evaluator; `error` is None when it returned and no call broke the protocol."
+    def __init__(self, grader, proxy, done_fd: int):
+        super().__init__(daemon=True); self.grader, self.proxy, self.done_fd, self.error = grader, proxy, done_fd, None
+    def run(self):
+        try:
+            self.proxy.start()
+            self.grader(self.proxy)
+        except BaseException as e:
+            self.error = f"{type(e).__name__}: {str(e)[:500]}".rstrip(": ")
+        if self.error is None and self.proxy.broken: self.error = f"SandboxProtocolError: {self.proxy.broken}"
+        os.write(self.done_fd, b"x")
 
 # %% ../nbs/09_execution.ipynb #5b5fab47
 @dataclasses.dataclass
 class ExecutionResult:
     "What happened to one program run by `execute_code`."
-    success: bool                 # ran to the end, exit code 0, no limit hit
+    success: bool                 # ran to the end, exit code 0, no limit hit (with a grader: the grader's tests passed)
     stdout: str
     stderr: str
     error: str | None = None      # why it is not a success, in words
@@ -217,12 +515,28 @@ class ExecutionResult:
     output_truncated: bool = False
     returncode: int | None = None
     seconds: float = 0.0
+    isolated: bool = False        # ran in its own namespaces (bubblewrap), not under the Python guard alone
+
+MAX_STATUS_BYTES = 4096           # the status channel keeps at most this much; the rest is read and dropped
+
+def _group_members(pgid: int) -> int | None:
+    "How many live (not zombie) processes are in group `pgid`, from /proc; None where there is no /proc."
+    try: names = os.listdir("/proc")
+    except OSError: return None
+    n = 0
+    for name in names:
+        if not name.isdigit(): continue
+        try: fields = open(f"/proc/{name}/stat", "rb").read().rsplit(b")", 1)[1].split()
+        except OSError: continue
+        if int(fields[2]) == pgid and fields[0] != b"Z": n += 1
+    return n
 
 def _kill_group(pgid: int):
-    "SIGKILL the whole process group, repeatedly, until it is empty (a fork bomb keeps adding members)."
-    for _ in range(200):
+    "SIGKILL the whole process group, repeatedly, until no live member is left (a fork bomb keeps adding members)."
+    for i in range(200):
         try: os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError): return
+        if i % 5 == 0 and _group_members(pgid) == 0: return
         time.sleep(0.001)
 
 def _has_exited(proc: subprocess.Popen) -> bool:
@@ -231,40 +545,73 @@ def _has_exited(proc: subprocess.Popen) -> bool:
     try: return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError: return True
 
-def execute_code(program: str, timeout: float = 5.0, max_memory_bytes: int = 256 * 2**20,
-                 max_output_bytes: int = 2**20, max_file_bytes: int = 16 * 2**20, guards: bool = True) -> ExecutionResult:
-    "Run Python source `program` in a fresh, limited process in a temporary folder and report what happened."
+def _check_limits(program, timeout, max_memory_bytes, max_output_bytes):
     if not isinstance(program, str): raise TypeError(f"program must be a str of Python source, not {type(program).__name__}")
     if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(f"timeout={timeout!r}: pass a positive number of seconds")
     if max_memory_bytes < 64 * 2**20:
         raise ValueError(f"max_memory_bytes={max_memory_bytes} is below 64 MiB, too little for a Python interpreter; raise it")
     if max_output_bytes < 1: raise ValueError(f"max_output_bytes={max_output_bytes}: pass a positive number of bytes")
+
+def execute_code(program: str, timeout: float = 5.0, max_memory_bytes: int = 256 * 2**20,
+                 max_output_bytes: int = 2**20, max_file_bytes: int = 16 * 2**20, guards: bool = True,
+                 isolate: bool | None = None, grader=None, entry_point: str | None = None) -> ExecutionResult:
+    """Run Python source `program` in a fresh, limited process and report what happened. With `isolate` (the default,
+    see `sandbox_mode`) the process runs in its own namespaces under a seccomp filter; `guards` adds the Python-level
+    guard. With a `grader`, the program only defines `entry_point`, and the verdict is `grader(proxy)` run here, in
+    the evaluator, where `proxy(*args)` calls the function in the sandbox with JSON data."""
+    _check_limits(program, timeout, max_memory_bytes, max_output_bytes)
+    if (grader is None) != (entry_point is None): raise ValueError("pass grader and entry_point together, or neither")
+    isolated = resolve_isolation(isolate)
     t0 = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="nanochat_exec_")
-    proc = status_r = status_w = None
+    proc, fds = None, []
+    def pipe():
+        r, w = os.pipe(); fds.extend((r, w)); return r, w
+    def close(fd):
+        if fd in fds: fds.remove(fd); os.close(fd)
     try:
-        workdir = os.path.join(tmp, "work"); os.mkdir(workdir)
+        host_work = os.path.join(tmp, "work")
+        if not isolated: os.mkdir(host_work)
         program_path = os.path.join(tmp, "program.py")
         with open(program_path, "w", encoding="utf-8") as f: f.write(program)
-        status_r, status_w = os.pipe()
-        cfg = dict(status_fd=status_w, workdir=workdir, program_path=program_path, guards=bool(guards),
+        os.chmod(tmp, 0o755); os.chmod(program_path, 0o644)     # readable by the sandbox's own user
+        status_r, status_w = pipe()
+        passed = [status_w]
+        serve = None
+        if grader is not None:
+            req_r, req_w = pipe(); resp_r, resp_w = pipe(); passed += [req_r, resp_w]
+            serve = dict(entry_point=entry_point, req_fd=req_r, resp_fd=resp_w, max_bytes=MAX_REPLY_BYTES)
+        filt = seccomp_filter() if isolated else None
+        cfg = dict(status_fd=status_w, workdir="/work" if isolated else host_work, guards=bool(guards),
+                   program_path="/sandbox/program.py" if isolated else program_path, serve=serve, codec=_CODEC_SRC,
                    max_memory_bytes=int(max_memory_bytes), cpu_seconds=int(math.ceil(timeout)) + 1,
-                   max_file_bytes=int(max_file_bytes))
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": workdir, "TMPDIR": workdir,
-               "LANG": "C.UTF-8", "MALLOC_ARENA_MAX": "1"}
-        proc = subprocess.Popen([sys.executable, "-I", "-c", _SANDBOX_BOOTSTRAP, json.dumps(cfg)], cwd=workdir, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(status_w,), start_new_session=True)
-        os.close(status_w); status_w = None
+                   max_file_bytes=int(max_file_bytes), max_processes=64, max_open_files=256,
+                   seccomp=filt.hex() if filt else None)
+        python, argv = sys.executable, ["-I", "-c", _SANDBOX_BOOTSTRAP, json.dumps(cfg)]
+        if isolated: cmd, env = bwrap_command(_runtime_paths()[0], tmp) + ["-S"] + argv, {}
+        else:
+            cmd = [python] + argv
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": host_work, "TMPDIR": host_work,
+                   "LANG": "C.UTF-8", "MALLOC_ARENA_MAX": "1"}
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, pass_fds=passed, start_new_session=True)
+        for fd in passed: close(fd)
         out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
         bufs = {out_fd: bytearray(), err_fd: bytearray(), status_r: bytearray()}
         stream_name = {out_fd: "stdout", err_fd: "stderr"}
         timed_out = truncated = exited = False
         error, deadline = None, t0 + timeout
+        verdict, graded = None, False
+        if grader is not None:
+            proxy = _Proxy(req_w, resp_r, deadline)
+            done_r, done_w = pipe()                       # the grader thread says "done" here, waking the loop below
+            verdict = _GraderThread(grader, proxy, done_w); verdict.start()
+            bufs[done_r] = bytearray()
         with selectors.DefaultSelector() as sel:
             for fd in bufs: sel.register(fd, selectors.EVENT_READ)
             while sel.get_map():
+                if graded: break
                 if not exited and _has_exited(proc):       # leader done: kill stragglers, drain what is left
                     exited = True; _kill_group(proc.pid); deadline = min(deadline, time.monotonic() + 1.0)
                 left = deadline - time.monotonic()
@@ -272,19 +619,29 @@ def execute_code(program: str, timeout: float = 5.0, max_memory_bytes: int = 256
                     if not exited: timed_out, error = True, f"wall-clock timeout after {timeout:g}s"
                     break
                 for key, _ in sel.select(min(left, 0.05)):
+                    if verdict is not None and key.fd == done_r: graded = True; break
                     chunk = os.read(key.fd, 65536)
                     if not chunk: sel.unregister(key.fd); continue
+                    if key.fd == status_r: bufs[key.fd] += chunk[:max(0, MAX_STATUS_BYTES - len(bufs[key.fd]))]; continue
                     bufs[key.fd] += chunk
-                    if key.fd in stream_name and len(bufs[key.fd]) > max_output_bytes:
+                    if len(bufs[key.fd]) > max_output_bytes:
                         truncated = True; del bufs[key.fd][max_output_bytes:]
                         error = f"output limit exceeded: more than {max_output_bytes} bytes on {stream_name[key.fd]}"
                         break
                 if truncated: break
         _kill_group(proc.pid)
         rc = proc.wait()
+        if verdict is not None:
+            proxy.close(); verdict.join()
+            if error is None:
+                if proxy.timed_out: timed_out, error = True, f"wall-clock timeout after {timeout:g}s"
+                else: error = verdict.error
+                ended = bufs[status_r].decode("utf-8", "replace")
+                if error and ended.startswith("exit "): error = f"the program called sys.exit({ended[5:]}) before answering"
+                elif error and ended.startswith("error "): error = ended[6:]
         status = bufs[status_r].decode("utf-8", "replace")
         memory = status.startswith("error MemoryError")
-        if error is None:
+        if error is None and verdict is None:
             if status == "ok" and rc == 0: pass
             elif status.startswith("exit "): error = f"the program called sys.exit({status[5:]}), which counts as a failure"
             elif status.startswith("error "): error = status[6:]
@@ -295,13 +652,12 @@ def execute_code(program: str, timeout: float = 5.0, max_memory_bytes: int = 256
         return ExecutionResult(success=error is None, stdout=bufs[out_fd].decode("utf-8", "replace"),
                                stderr=bufs[err_fd].decode("utf-8", "replace"), error=error, timeout=timed_out,
                                memory_exceeded=memory, output_truncated=truncated, returncode=rc,
-                               seconds=time.monotonic() - t0)
+                               seconds=time.monotonic() - t0, isolated=isolated)
     finally:
         if proc is not None:
             if proc.returncode is None: _kill_group(proc.pid); proc.wait()
             for s in (proc.stdout, proc.stderr): s.close()
-        for fd in (status_r, status_w):
-            if fd is not None: os.close(fd)
+        for fd in list(fds): close(fd)
         shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/09_execution.ipynb #34696d84
@@ -346,3 +702,30 @@ def execute_many(programs, workers: int = 4, **kwargs) -> list[ExecutionResult]:
     programs = list(programs)
     with ThreadPoolExecutor(max(1, min(workers, len(programs) or 1))) as ex:
         return list(ex.map(lambda p: execute_code(p, **kwargs), programs))
+
+# %% ../nbs/09_execution.ipynb #375a6da9
+def humaneval_grader(problem: dict):
+    "The trusted half of a HumanEval check: the prompt's helpers and the tests, run in the evaluator against a proxy."
+    def grade(candidate):
+        ns = {"__name__": "humaneval_grader"}
+        name = f"<{problem.get('task_id', 'problem')} prompt>"
+        try: code = compile(problem["prompt"], name, "exec")
+        except SyntaxError: code = compile(problem["prompt"] + "    pass\n", name, "exec")   # a signature with no docstring
+        exec(code, ns)
+        ns[problem["entry_point"]] = candidate
+        exec(compile(problem["test"], f"<{problem.get('task_id', 'problem')} test>", "exec"), ns)
+        ns["check"](candidate)
+    return grade
+
+def check_humaneval(problem: dict, completion: str, timeout: float = 5.0, **kwargs) -> ExecutionResult:
+    """Check `completion` (the code after the prompt) on a HumanEval `problem`: the sandbox runs prompt + completion
+    and serves the entry point; the tests run here and call it through the proxy, so the verdict is ours."""
+    humaneval_program(problem, completion)      # the same checks of the problem's keys
+    return execute_code(problem["prompt"] + completion, timeout=timeout, grader=humaneval_grader(problem),
+                        entry_point=problem["entry_point"], **kwargs)
+
+def check_humaneval_many(problems, completions, workers: int = 4, **kwargs) -> list[ExecutionResult]:
+    "`check_humaneval` on each (problem, completion) pair, `workers` at a time; results in input order."
+    pairs = list(zip(problems, completions, strict=True))
+    with ThreadPoolExecutor(max(1, min(workers, len(pairs) or 1))) as ex:
+        return list(ex.map(lambda pc: check_humaneval(*pc, **kwargs), pairs))

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_DATA
-from nanochat_nb.execution import (ExecutionResult, HOSTILE_PROGRAMS, check_humaneval, execute_code, execute_many,
-                                   hostile_programs, humaneval_program)
+from nanochat_nb.execution import (ExecutionResult, HOSTILE_PROGRAMS, check_humaneval, check_humaneval_many, execute_code,
+                                   execute_many, hostile_programs, humaneval_program)
 
 HUMANEVAL = SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz"
 
@@ -37,7 +37,7 @@ def _alive(pid):
 def test_all_canonical_humaneval_solutions_pass(humaneval):
     assert len(humaneval) == 164
     t0 = time.monotonic()
-    results = execute_many([humaneval_program(p, p["canonical_solution"]) for p in humaneval], workers=4, timeout=20)
+    results = check_humaneval_many(humaneval, [p["canonical_solution"] for p in humaneval], workers=4, timeout=20)
     failed = {p["task_id"]: (r.error, r.stderr[-300:]) for p, r in zip(humaneval, results) if not r.success}
     assert failed == {}
     print(f"164 canonical solutions in {time.monotonic() - t0:.1f} s")
@@ -45,7 +45,7 @@ def test_all_canonical_humaneval_solutions_pass(humaneval):
 
 def test_wrong_humaneval_completions_fail(humaneval):
     probs = humaneval[:12]
-    wrong = execute_many([humaneval_program(p, "    return None\n") for p in probs], workers=4, timeout=10)
+    wrong = check_humaneval_many(probs, ["    return None\n"] * len(probs), workers=4, timeout=10)
     assert [r.success for r in wrong] == [False] * len(probs)
     # the reward hack: exit with status 0 before the tests run
     for completion in ["    import sys; sys.exit(0)\n", "    raise SystemExit\n", "    import os; os._exit(0)\n", "    exit()\n"]:
@@ -151,7 +151,7 @@ def test_evaluator_survives_attempts_to_kill_it(tmp_path):
                  "import os, signal\\nos.kill(os.getppid(), signal.SIGTERM)",
                  "import os, signal\\nos.kill(0, signal.SIGKILL)"]
         guards = sys.argv[1] == "guards"
-        out = [execute_code(p, timeout=5, guards=guards) for p in progs[:4 if guards else 1]]
+        out = [execute_code(p, timeout=5, guards=guards, isolate=False) for p in progs[:4 if guards else 1]]
         print(json.dumps({"pid": os.getpid(), "results": [[r.success, r.error] for r in out]}))
     """))
     def evaluate(mode):
@@ -186,14 +186,14 @@ def test_process_group_is_killed_even_without_guards():
             pids.append(pid)
         print(*pids, flush=True)
     """)
-    r = execute_code(prog, timeout=5, guards=False)
+    r = execute_code(prog, timeout=5, guards=False, isolate=False)
     assert r.success, r
     time.sleep(0.3)
     pids = [int(x) for x in r.stdout.split()]
     assert len(pids) == 8 and [p for p in pids if _alive(p)] == []
     # and at a timeout, while the program itself is still running
     r = execute_code("import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
-                     "print(p.pid, flush=True)\nwhile True: pass", timeout=1, guards=False)
+                     "print(p.pid, flush=True)\nwhile True: pass", timeout=1, guards=False, isolate=False)
     assert r.timeout and not r.success
     time.sleep(0.3)
     assert not _alive(int(r.stdout.split()[0]))
