@@ -6,8 +6,8 @@
 from __future__ import annotations
 import dataclasses, importlib.util, json, os, secrets, select, shutil, signal, socket, string, subprocess
 import sys, tempfile, textwrap, threading, time
-from .execution import (SANDBOX_ENV, check_humaneval_many, execute_code, execute_many, humaneval_program,
-                                   resolve_isolation)
+from .sandbox import SANDBOX_ENV, execute_code, resolve_isolation
+from .execution import check_humaneval_many, execute_many, humaneval_program
 
 # %% auto #0
 __all__ = ['ATTACKS', 'ATTACK_PROBLEM', 'LAYERS', 'SECRET_ENV', 'Attack', 'AttackOutcome', 'run_attack', 'bench_execution']

@@ -49,7 +49,7 @@ def test_catalogue_as_an_unprivileged_user():
     if not (setpriv and os.access(python, os.X_OK)): pytest.skip("needs setpriv and /usr/bin/python3")
     work = Path(tempfile.mkdtemp(prefix="nanochat_unpriv_")); os.chmod(work, 0o777)   # pytest's own folders are private
     pkg = work / "nanochat_nb"; pkg.mkdir()
-    for f in ("__init__.py", "execution.py", "attacks.py"): shutil.copy(REPO / "nanochat_nb" / f, pkg / f); os.chmod(pkg / f, 0o644)
+    for f in ("__init__.py", "sandbox.py", "execution.py", "attacks.py"): shutil.copy(REPO / "nanochat_nb" / f, pkg / f); os.chmod(pkg / f, 0o644)
     os.chmod(pkg, 0o755)
     script = work / "run.py"
     script.write_text(textwrap.dedent("""
