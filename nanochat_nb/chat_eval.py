@@ -43,7 +43,7 @@ def parse_task_names(spec: str | None) -> list[str]:
 def load_task(name: str, tasks_dir=None) -> Task:
     "The evaluation split of task `name`, read from `tasks_dir/<folder>` when given (else downloaded, or $NANOCHAT_TASKS_DIR)."
     parse_task_names(name)
-    if name == "CPUChat": return CPUChat(per_skill=20, seed=0)
+    if name == "CPUChat": return CPUChat(per_skill=40, seed=0)
     data_dir = None if tasks_dir is None else Path(tasks_dir).expanduser() / TASK_FOLDERS[name]
     if name in ("ARC-Easy", "ARC-Challenge"): return ARC(subset=name, split="test", data_dir=data_dir)
     if name == "MMLU": return MMLU(subset="all", split="test", data_dir=data_dir)
@@ -153,6 +153,7 @@ def run_generative_eval(task, model, tokenizer, num_samples: int = 1, max_new_to
     mine = list(rank_items(n, rank, world_size))
     correct = 0
     skills = {s: [0, 0] for s in getattr(task, "skills", ())}   # per-skill [correct, total] for exams that tag examples
+    samples = []                                                  # this rank's first two graded replies per skill
     for done, i in enumerate(mine, 1):
         conv = task[i]
         prompt = tokenizer.render_for_completion(conv)
@@ -161,7 +162,10 @@ def run_generative_eval(task, model, tokenizer, num_samples: int = 1, max_new_to
         replies = [tokenizer.decode(s[len(prompt):]) for s in seqs]
         ok = int(any(bool(task.evaluate(conv, r)) for r in replies))
         correct += ok
-        if conv.get("skill") in skills: skills[conv["skill"]][0] += ok; skills[conv["skill"]][1] += 1
+        if conv.get("skill") in skills:
+            skills[conv["skill"]][0] += ok; skills[conv["skill"]][1] += 1
+            if skills[conv["skill"]][1] <= 2:
+                samples.append(dict(skill=conv["skill"], messages=conv["messages"][:-1], reply=replies[0], correct=bool(ok)))
         _progress(repr(task), done, len(mine), correct, progress)
     if progress: print0()
     correct, total = _sum_counts(correct, len(mine), _model_device(model))
@@ -169,6 +173,7 @@ def run_generative_eval(task, model, tokenizer, num_samples: int = 1, max_new_to
     if skills:
         summed = {s: _sum_counts(c, t, _model_device(model)) for s, (c, t) in skills.items()}
         out["skills"] = {s: dict(correct=c, total=t, accuracy=c / t if t else 0.0) for s, (c, t) in summed.items()}
+        out["samples"] = samples
     return out
 
 # %% ../nbs/09c_chat_eval.ipynb #7c3e01f5

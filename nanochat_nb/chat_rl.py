@@ -18,13 +18,15 @@ from .checkpoint import build_model, checkpoints_root, find_largest_model, list_
 from .distributed import make_optimizer
 from .engine import Engine
 from .dataset import make_arith_problem
-from .tasks import GSM8K, SyntheticArithmetic, Task, calculator_parts, extract_answer
+from .tasks import (GSM8K, IDENTITY, SyntheticArithmetic, Task, TaskMixture, CORPUS_FACT_KINDS,
+                               calculator_parts, corpus_fact_turn, corpus_identity_prompts, extract_answer, fact_answer,
+                               grade_cpuchat)
 from .recipe import inherited_settings
 
 # %% auto #0
 __all__ = ['RL_TASKS', 'ARITH_LEVELS', 'ARITH_REWARDS', 'group_advantages', 'rollout_tensors', 'policy_gradient_loss',
-           'pass_at_k', 'ArithmeticRL', 'rl_tasks', 'rollout_seed', 'sample_rollouts', 'evaluate_pass_at_k',
-           'rl_lr_multiplier', 'train_rl', 'main']
+           'pass_at_k', 'ArithmeticRL', 'ChatRecall', 'RLMixture', 'rl_tasks', 'rollout_seed', 'sample_rollouts',
+           'evaluate_pass_at_k', 'rl_lr_multiplier', 'train_rl', 'main']
 
 # %% ../nbs/11_rl.ipynb #ad7c45b9
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 # %% ../nbs/11_rl.ipynb #e869099d
-RL_TASKS = ("gsm8k", "arithmetic")
+RL_TASKS = ("gsm8k", "arithmetic", "mixture")
 ARITH_LEVELS = ("mixed", "easy")
 ARITH_REWARDS = ("shaped", "strict")
 
@@ -90,9 +92,41 @@ class ArithmeticRL(SyntheticArithmetic):
         if self.evaluate(conversation, assistant_response): return 1.0
         return 0.5 if self.shaped and extract_answer(assistant_response) is not None else 0.0
 
+class ChatRecall(Task):
+    """Who the assistant is and what the corpus says, as questions with a checkable answer (training templates only):
+    the part of the chat skills that RL on arithmetic alone would let decay."""
+    def __init__(self, size: int = 1000, split: str = "train", seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.split, self.seed = int(size), split, seed
+    @property
+    def eval_type(self) -> str: return "generative"
+    def num_examples(self) -> int: return self.size
+    def get_example(self, index: int) -> dict:
+        r = random.Random(f"chatrecall/{self.seed}/{self.split}/{index}")
+        kind = r.choice(["identity"] + list(CORPUS_FACT_KINDS))
+        if kind == "identity":
+            q = r.choice(corpus_identity_prompts(self.split))
+            return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"I am {IDENTITY}."}],
+                    "grade": "name", "answer": "nanochat_nb", "rivals": []}
+        q, a, subject = corpus_fact_turn(kind, r, self.split)
+        grade, answer = fact_answer(kind, subject)
+        return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "grade": grade, "answer": answer,
+                "rivals": []}
+    def evaluate(self, conversation: dict, assistant_response: str) -> bool: return grade_cpuchat(conversation, assistant_response)
+
+class RLMixture(TaskMixture):
+    "A shuffled mixture whose examples remember their task, so that each is graded and rewarded by its own rules."
+    def get_example(self, index: int) -> dict:
+        t, i = self.locate(index)
+        return {**self.tasks[t][i], "task_index": t}
+    def evaluate(self, conversation: dict, assistant_response: str):
+        return self.tasks[conversation["task_index"]].evaluate(conversation, assistant_response)
+    def reward(self, conversation: dict, assistant_response: str) -> float:
+        return self.tasks[conversation["task_index"]].reward(conversation, assistant_response)
+
 def rl_tasks(task: str = "gsm8k", tasks_dir=None, arith_size: int = 2000, arith_level: str = "mixed",
              arith_reward: str = "shaped") -> tuple[Task, Task]:
-    "`(train, val)` tasks of `--task`: GSM8K main train/test, or the synthetic arithmetic stand-in."
+    "`(train, val)` tasks of `--task`: GSM8K main train/test, the synthetic arithmetic stand-in, or a mixture of every CPU skill."
     if task == "gsm8k":
         d = None if tasks_dir is None else Path(tasks_dir).expanduser() / "gsm8k"
         return GSM8K("main", "train", data_dir=d), GSM8K("main", "test", data_dir=d)
@@ -102,6 +136,11 @@ def rl_tasks(task: str = "gsm8k", tasks_dir=None, arith_size: int = 2000, arith_
         if arith_reward not in ARITH_REWARDS: raise ValueError(f"--arith-reward {arith_reward!r}: choose one of {', '.join(ARITH_REWARDS)}")
         kw = dict(level=arith_level, shaped=arith_reward == "shaped")
         return ArithmeticRL(arith_size, split="train", **kw), ArithmeticRL(max(arith_size // 4, 100), split="test", **kw)
+    if task == "mixture":                # arithmetic, identity and corpus facts, each with its own reward
+        if arith_size < 2: raise ValueError(f"--arith-size {arith_size} must be >= 2 for --task mixture")
+        kw = dict(level=arith_level, shaped=arith_reward == "shaped")
+        def make(split, n): return RLMixture([ArithmeticRL(n, split=split, **kw), ChatRecall(n, split=split)])
+        return make("train", arith_size // 2), make("test", max(arith_size // 8, 50))
     raise ValueError(f"--task {task!r}: choose one of {', '.join(RL_TASKS)}")
 
 # %% ../nbs/11_rl.ipynb #140b54ca

@@ -19,7 +19,7 @@ from .checkpoint import (checkpoints_root, clean_state_dict, find_largest_model,
 from .distributed import make_optimizer
 from .gpt import GPT, GPTConfig
 from .tokenizer import get_token_bytes, get_tokenizer
-from .tasks import (GSM8K, MMLU, IdentityConversations, SmolTalk, SpellingBee, SyntheticArithmetic,
+from .tasks import (GSM8K, MMLU, BareArithmetic, CorpusChat, IdentityConversations, SmolTalk, SpellingBee, SyntheticArithmetic,
                                SyntheticSpelling, TaskMixture, TaskSequence)
 from .recipe import LR_NAMES, accumulate_gradients, evaluate_bpb, greedy_tokens, inherited_settings
 
@@ -80,12 +80,15 @@ def _sub(tasks_dir, name):
 
 def stage_defaults(stage: str, mixture: str = "default") -> dict:
     "What -1 means for the mixture flags: nanochat's SFT or the older midtraining recipe."
-    if stage == "sft": return dict(mmlu_epochs=3, gsm8k_epochs=4, identity_epochs=0, spelling_size=0)
-    return dict(mmlu_epochs=1, gsm8k_epochs=1, identity_epochs=2, spelling_size=200_000 if mixture == "default" else 500)
+    chat = 2000 if stage == "sft" else 1000             # CorpusChat conversations (the synthetic mixture's SmolTalk)
+    if stage == "sft": return dict(mmlu_epochs=3, gsm8k_epochs=4, identity_epochs=0, spelling_size=0, chat_size=chat)
+    return dict(mmlu_epochs=1, gsm8k_epochs=1, identity_epochs=2, spelling_size=200_000 if mixture == "default" else 500,
+                chat_size=chat)
 
 def sft_mixture(split: str = "train", mixture: str = "default", stage: str = "sft", smoltalk_epochs: int = 1,
                 mmlu_epochs: int = -1, gsm8k_epochs: int = -1, identity_epochs: int = -1, spelling_size: int = -1,
-                arith_size: int = 2000, tasks_dir=None):
+                arith_size: int = 2000, tasks_dir=None, chat_size: int = -1,
+                bare_size: int = -1):
     "The training or validation mixture of a stage ('sft' or 'mid'): nanochat's ('default') or its offline stand-in ('synthetic')."
     if mixture not in MIXTURES: raise ValueError(f"--mixture {mixture!r}: choose one of {', '.join(MIXTURES)}")
     if stage not in ("sft", "mid"): raise ValueError(f"--stage {stage!r}: choose sft or mid")
@@ -100,10 +103,19 @@ def sft_mixture(split: str = "train", mixture: str = "default", stage: str = "sf
                                                                  ("mmlu_epochs", "gsm8k_epochs", "identity_epochs", "spelling_size"))
     if mixture == "synthetic":
         if split == "val":
-            return TaskSequence([SyntheticArithmetic(200, split="test", seed=1), SyntheticSpelling(100, split="test", seed=1)])
-        tasks = _repeat(lambda: SyntheticArithmetic(arith_size), 1 if arith_size else 0) + _repeat(IdentityConversations, identity_epochs)
+            return TaskSequence([SyntheticArithmetic(200, split="test", seed=1), BareArithmetic(100, split="test", seed=1),
+                                 SyntheticSpelling(100, split="test", seed=1),
+                                 CorpusChat(200, split="test", seed=1)])
+        chat_size = d["chat_size"] if chat_size == -1 else chat_size
+        bare_size = arith_size // 2 if bare_size == -1 else bare_size
+        for name, v in (("chat-size", chat_size), ("bare-size", bare_size)):
+            if v < 0: raise ValueError(f"--{name} {v}: must be >= 0 (or -1: the default)")
+        tasks = (_repeat(lambda: SyntheticArithmetic(arith_size), 1 if arith_size else 0)
+                 + _repeat(lambda: BareArithmetic(bare_size), 1 if bare_size else 0)
+                 + _repeat(IdentityConversations, identity_epochs))
         if spelling_size: tasks.append(SyntheticSpelling(spelling_size))
-        if not tasks: raise ValueError("the synthetic mixture is empty: raise --arith-size or --identity-epochs")
+        if chat_size: tasks.append(CorpusChat(chat_size))
+        if not tasks: raise ValueError("the synthetic mixture is empty: raise --arith-size, --identity-epochs or the chat size")
         return TaskMixture(tasks)
     if split == "val":
         return TaskSequence([SmolTalk("test", data_dir=_sub(tasks_dir, "smoltalk")),
@@ -188,7 +200,7 @@ def _chatcore(tasks: dict, model, tokenizer, max_problems: int) -> float:
 def train_sft(stage: str = "sft", source: str = "base", model_tag: str | None = None, model_step: int = -1,
               output_tag: str | None = None, run: str = "dummy", device_type: str = "", mixture: str = "default",
               smoltalk_epochs: int = 1, mmlu_epochs: int = -1, gsm8k_epochs: int = -1, identity_epochs: int = -1,
-              spelling_size: int = -1, arith_size: int = 2000, num_iterations: int = -1, device_batch_size: int = -1,
+              spelling_size: int = -1, arith_size: int = 2000, chat_size: int = -1, bare_size: int = -1, num_iterations: int = -1, device_batch_size: int = -1,
               max_seq_len: int = -1, total_batch_size: int = -1, embedding_lr: float = -1, unembedding_lr: float = -1,
               matrix_lr: float = -1, scalar_lr: float = -1, weight_decay: float = 0.0, init_lr_frac: float = 0.8,
               warmdown_ratio: float = 0.5, final_lr_frac: float = 0.0, reset_optimizer: bool = False,
@@ -229,7 +241,7 @@ def train_sft(stage: str = "sft", source: str = "base", model_tag: str | None = 
     tokenizer = get_tokenizer(tokenizer_dir)
     token_bytes = get_token_bytes(device, tokenizer_dir)
     train_ds = sft_mixture("train", mixture, stage, smoltalk_epochs, mmlu_epochs, gsm8k_epochs, identity_epochs,
-                           spelling_size, arith_size, tasks_dir)
+                           spelling_size, arith_size, tasks_dir, chat_size, bare_size)
     val_ds = sft_mixture("val", mixture, stage, tasks_dir=tasks_dir)
     if chatcore_every > 0: chat_tasks = _chatcore_tasks(chatcore_tasks, tasks_dir)
     out_dir = checkpoints_root(stage, base_dir) / (output_tag or model_tag)
@@ -362,6 +374,8 @@ def main(stage: str = "sft",                    # sft (loss on the assistant's t
          identity_epochs: int = -1,             # passes over the identity conversations (-1: 0 for sft, 2 for mid)
          spelling_size: int = -1,               # spelling conversations (-1: 0 for sft, 200,000 for mid)
          arith_size: int = 2000,                # synthetic arithmetic conversations (--mixture synthetic)
+         chat_size: int = -1,                   # CorpusChat conversations (--mixture synthetic; -1: 2,000 for sft, 1,000 for mid)
+         bare_size: int = -1,                   # bare sums like 'How much is 17 + 25?' (--mixture synthetic; -1: half of --arith-size)
          num_iterations: int = -1,              # optimizer steps (-1: one pass over the mixture)
          device_batch_size: int = -1,           # rows per forward/backward on each rank (-1: the source's)
          max_seq_len: int = -1,                 # tokens per row (-1: the source's)

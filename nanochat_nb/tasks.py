@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_tasks.ipynb #57d9e9a4
 from __future__ import annotations
-import gzip, json, os, random, re
+import functools, gzip, json, os, random, re
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +13,21 @@ import pyarrow.parquet as pq
 
 from .common import get_base_dir
 from .download import download_file
-from .dataset import ANIMALS, COUNTRIES, PLANETS, WORDS, make_arith_problem, pick_name, town_facts
+from .dataset import ANIMALS, COUNTRIES, PLANETS, WORDS, lexicon, make_arith_problem, pick_name, town_facts
 from .execution import CALC_ANNOTATION_RE, check_humaneval, use_calculator
 
 # %% auto #0
 __all__ = ['HF_URL', 'SMOLTALK_REPO', 'SMOLTALK_FILES', 'MMLU_REPO', 'MMLU_LETTERS', 'ARC_REPO', 'GSM_ANSWER_RE', 'GSM8K_REPO',
            'HUMANEVAL_REPO', 'SPELLING_WORDS', 'WORDS_URL', 'SPELLING_QUESTIONS', 'SPELLING_MODES', 'IDENTITY',
-           'IDENTITY_CONVERSATIONS', 'CPUCHAT_SKILLS', 'CPUCHAT_IDENTITY_PROMPTS', 'CPUCHAT_WORDS', 'NUMBER_RE', 'Task',
-           'TaskMixture', 'TaskSequence', 'tasks_override_dir', 'fetch_task_urls', 'task_files', 'read_table',
-           'TableTask', 'check_conversation', 'SmolTalk', 'render_mc', 'MultipleChoiceTask', 'MMLU', 'ARC',
-           'extract_answer', 'calculator_parts', 'parts_text', 'FinalAnswerTask', 'GSM8K', 'extract_program',
-           'HumanEval', 'load_word_list', 'spelling_conversation', 'SpellingBee', 'SyntheticSpelling', 'CustomJSON',
-           'IdentityConversations', 'SyntheticArithmetic', 'final_number', 'grade_cpuchat', 'cpuchat_example',
-           'CPUChat', 'corpus_fact_turn', 'make_corpus_chat', 'CorpusChat']
+           'IDENTITY_CONVERSATIONS', 'BARE_ARITH_TEMPLATES', 'CPUCHAT_SKILLS', 'CPUCHAT_IDENTITY_PROMPTS',
+           'CPUCHAT_WORDS', 'NUMBER_RE', 'CORPUS_FACT_KINDS', 'Task', 'TaskMixture', 'TaskSequence',
+           'tasks_override_dir', 'fetch_task_urls', 'task_files', 'read_table', 'TableTask', 'check_conversation',
+           'SmolTalk', 'render_mc', 'MultipleChoiceTask', 'MMLU', 'ARC', 'extract_answer', 'calculator_parts',
+           'parts_text', 'FinalAnswerTask', 'GSM8K', 'extract_program', 'HumanEval', 'load_word_list',
+           'spelling_conversation', 'SpellingBee', 'SyntheticSpelling', 'spelling_word_pool', 'CustomJSON',
+           'IdentityConversations', 'SyntheticArithmetic', 'BareArithmetic', 'final_number', 'grade_cpuchat',
+           'cpuchat_example', 'CPUChat', 'corpus_fact_turn', 'corpus_identity_prompts', 'fact_answer',
+           'make_corpus_chat', 'CorpusChat']
 
 # %% ../nbs/09a_tasks.ipynb #07f90457
 def _check_int(name: str, value, low: int, allow_none: bool = False):
@@ -442,9 +444,20 @@ class SpellingBee(FinalAnswerTask):
         return spelling_conversation(word, letter, mode, r)
 
 class SyntheticSpelling(SpellingBee):
-    "SpellingBee over the built-in `SPELLING_WORDS` (no download), for CPU-sized SFT and RL."
-    def __init__(self, size: int = 1000, split: str = "train", mode: str = "mixed", seed: int = 0, **kwargs):
-        super().__init__(size, split, mode, SPELLING_WORDS, seed, **kwargs)
+    """SpellingBee over built-in words (no download), for CPU-sized SFT and RL: `SPELLING_WORDS`, and with `wide` also
+    thousands of invented names, so that a small model learns to copy a word it has never seen letter by letter
+    rather than to recall the spelling of a few it knows."""
+    def __init__(self, size: int = 1000, split: str = "train", mode: str = "mixed", seed: int = 0, wide: bool = False, **kwargs):
+        super().__init__(size, split, mode, spelling_word_pool() if wide else SPELLING_WORDS, seed, **kwargs)
+
+@functools.lru_cache(maxsize=1)
+def spelling_word_pool(per_lexicon: int = 1500) -> tuple[str, ...]:
+    "`SPELLING_WORDS` plus the commonest invented town, river and surname names, lower-cased, 4 to 10 letters."
+    pool = dict.fromkeys(SPELLING_WORDS)
+    for kind in ("town", "river", "surname"):
+        names = [w.lower() for w in lexicon(kind)[0] if 4 <= len(w) <= 10]
+        pool.update(dict.fromkeys(names[:per_lexicon]))
+    return tuple(pool)
 
 # %% ../nbs/09a_tasks.ipynb #4fe952ec
 IDENTITY = "nanochat_nb, a small language model trained with the nanochat_nb course"
@@ -510,6 +523,30 @@ class SyntheticArithmetic(FinalAnswerTask):
         question, worked, final = make_arith_problem(r, self.steps)
         return {"messages": [{"role": "user", "content": question},
                              {"role": "assistant", "content": calculator_parts(f"{worked}\n#### {final}")}], "answer": final}
+
+BARE_ARITH_TEMPLATES = ["How much is {a} {op} {b}?", "{a} {op} {b} = ?", "Calculate {a} {op} {b}.", "Tell me {a} {op} {b}.",
+                        "quick one: {a}{op}{b}?", "What do you get for {a} {op} {b}?", "Solve {a} {op} {b}.", "{a}{op}{b}"]
+
+class BareArithmetic(FinalAnswerTask):
+    """`size` bare sums, differences and products ("How much is 17 + 25?") answered through the calculator, with
+    phrasings that the CPU exam does not use (even templates train, odd ones test); deterministic in (seed, split, index)."""
+    def __init__(self, size: int = 1000, split: str = "train", seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        _check_int("size", size, 0); _check_choice("split", split, ("train", "test"))
+        self.size, self.split, self.seed = int(size), split, seed
+
+    def num_examples(self) -> int: return self.size
+
+    def get_example(self, index: int) -> dict:
+        r = random.Random(f"bare/{self.seed}/{self.split}/{index}")
+        a, b, op = r.randint(2, 99), r.randint(2, 99), r.choice("+-*")
+        if op == "-" and b > a: a, b = b, a
+        if op == "*": b = r.randint(2, 12)
+        val = a + b if op == "+" else a - b if op == "-" else a * b
+        q = BARE_ARITH_TEMPLATES[(0 if self.split == "train" else 1) + 2 * r.randrange(4)].format(a=a, b=b, op=op)
+        return {"messages": [{"role": "user", "content": q},
+                             {"role": "assistant", "content": calculator_parts(f"{a} {op} {b} = <<{a}{op}{b}={val}>>{val}\n#### {val}")}],
+                "answer": str(val)}
 
 # %% ../nbs/09a_tasks.ipynb #3e82c70f
 CPUCHAT_SKILLS = ("identity", "arithmetic", "letters", "facts", "conversation")
@@ -668,6 +705,21 @@ def corpus_fact_turn(kind: str, r: random.Random, split: str, subject=None) -> t
         return r.choice(_cc_half(_CC_Q[kind], split)).format(c=c), ans, c
     a = subject or r.choice([k for k, v in ANIMALS.items() if v[0]])
     return r.choice(_cc_half(_CC_Q["legs"], split)).format(a=a), f"A {a} has {ANIMALS[a][0]} legs.", a
+
+CORPUS_FACT_KINDS = tuple(_CC_Q)
+
+def corpus_identity_prompts(split: str) -> list[str]:
+    "The `split`'s half of the identity questions CorpusChat asks."
+    _check_choice("split", split, ("train", "test")); return _cc_half(_CC_IDENT, split)
+
+def fact_answer(kind: str, subject: str) -> tuple[str, str]:
+    "How to grade an answer to a `corpus_fact_turn` question about `subject`: a CPUChat rule ('name' or 'number') and its answer."
+    _check_choice("kind", kind, CORPUS_FACT_KINDS)
+    if kind in ("region", "river", "mayor"): return "name", town_facts(subject)[kind]
+    if kind == "known": return "name", town_facts(subject)["known_for"]
+    if kind == "capital": return "name", COUNTRIES[subject][0]
+    if kind == "language": return "name", COUNTRIES[subject][2]
+    return "number", str(ANIMALS[subject][0])
 
 def make_corpus_chat(r: random.Random, split: str = "train") -> dict:
     "A 1-4 turn chat about the embedded corpus's world: facts and follow-ups, small talk, identity, honest 'I don't know'."

@@ -40,7 +40,7 @@ def test_every_stage_leaves_its_artifact(tiny_run):
     assert list((base / "mid_checkpoints" / "d2").glob("model_*.pt")) and list((base / "chatsft_checkpoints" / "d2").glob("model_*.pt"))
     for src in ("mid", "sft"):
         r = json.loads(next((base / "chat_eval").glob(f"{src}_d2_*.json")).read_text())
-        assert r["tasks"]["SpellingBee"]["total"] == 4
+        assert r["tasks"]["CPUChat"]["total"] == 10 and len(r["tasks"]["CPUChat"]["skills"]) == 5
     if HAVE_RL:
         rl = sorted((base / "chatrl_checkpoints" / "d2").glob("meta_*.json"))[-1]
         assert json.loads(rl.read_text())["history"]
@@ -53,10 +53,13 @@ def test_report_has_every_section_and_image(tiny_run):
     base, env, p = tiny_run
     md = (base / "report" / "report.md").read_text()
     for section in ("## Hardware and software", "## Time and cost per stage", "## Tokenizer", "## Model",
-                    "## Base model evaluation", "## Chat evaluation", "## Curves", "## Sample conversations"):
+                    "## Base model evaluation", "## Chat evaluation", "## The CPU exam", "## Curves",
+                    "### Replies of the "):
         assert section in md, section
-    assert "CORE: **" in md and "ChatCORE" in md and "bytes/token" in md and "FLOPs per token" in md
-    assert re.search(r"\| SpellingBee \| [0-9.]+ \| [0-9.]+ \|", md)                 # mid and sft side by side
+    assert "CORE: **" in md and "bytes/token" in md and "FLOPs per token" in md
+    assert re.search(r"\| CPUChat \| [0-9.]+ \| [0-9.]+ \|", md)                     # mid and sft side by side
+    assert re.search(r"\| letters \| \d+% \| \d+% \|", md) and "exam.png" in md          # the exam per skill and stage
+    assert md.count(", right:") + md.count(", wrong:") == 10                           # graded replies from the exam
     for img in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (base / "report" / img).stat().st_size > 1000, img
     assert "base_loss.png" in md and "chat_loss.png" in md
