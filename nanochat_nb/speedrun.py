@@ -285,8 +285,8 @@ GPU_REF_SECONDS = dict(tok_train=120, tok_eval=30, base_eval=200, mid_train=600,
                        rl_eval=180, report=60)            # d20 on 8xH100, rules of thumb
 GPU_REF_PEAK = 8 * 989e12
 CPU_TRAIN_FLOPS = 1.5e11                                  # FLOP/s of the cpu preset's base_train on 2 free cores (~6,000 tok/s at d4)
-CPU_REF_SECONDS = dict(data=3, tok_train=4, tok_eval=3, base_eval=8, mid_train=30, chat_sft=50, chat_eval=30, chat_rl=30,
-                       rl_eval=15, report=3)              # measured: the cpu preset on 2 free cores (depth 4)
+CPU_REF_SECONDS = dict(data=3, tok_train=4, tok_eval=3, base_eval=8, mid_train=25, chat_sft=210, chat_eval=30, chat_rl=20,
+                       rl_eval=70, report=3)              # measured: the cpu preset on 2 cores (depth 4, 200 SFT steps)
 
 def estimate_stages(stages: list[Stage], s: dict, hw: Hardware) -> dict:
     "Fill each stage's `estimate_s` (and a note on how); returns the model plan the estimates came from."
@@ -314,6 +314,7 @@ def estimate_stages(stages: list[Stage], s: dict, hw: Hardware) -> dict:
                 st.note = f"{plan['total_flops']:.2e} FLOPs at {CPU_TRAIN_FLOPS / 1e9:.0f} GFLOP/s per 2 cores"
             elif st.name in CPU_REF_SECONDS:
                 k = 1.0 if st.name in ("data", "tok_train", "tok_eval", "report") else plan["flops_per_token"] / ref
+                if st.name == "chat_sft": k *= s.get("sft_iterations", 200) / 200
                 st.estimate_s = max(3.0, CPU_REF_SECONDS[st.name] * k)
     for st in stages:
         if not st.enabled: st.estimate_s = 0.0
