@@ -732,6 +732,8 @@ def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (defau
          only: str = "",                     # run only these stages (comma-separated)
          force: bool = False,                # run the selected stages even if they are done (training starts over)
          dry_run: bool = False,              # print the plan with time and cost estimates, run nothing
+         preflight: bool = False,            # run only the preflight: every stage a few steps in a temp dir, a go/no-go table
+         no_preflight: bool = False,         # skip the preflight a GPU preset runs before the long run
          mid: str = "preset",                # midtraining: yes, no or preset
          rl: str = "preset",                 # RL after SFT: yes, no or preset
          gpus: int = -1,                     # GPUs per node (-1: detect; set it with --dry-run to plan for another machine)
@@ -769,6 +771,8 @@ def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (defau
     if s["gpu"] and not hw.gpus and not dry_run:
         raise ValueError(f"preset {s['preset']} needs CUDA GPUs and torch sees none: use --preset cpu, or plan it with "
                          "--dry-run --gpus 8 --gpu-name H100")
+    from nanochat_nb.preflight import speedrun_preflight   # prints the attention backend; the preflight deep dive (14a)
+    if speedrun_preflight(s["preset"], hw, base, preflight, no_preflight, dry_run): return dict(settings=s, preflight=True)
     selected = select_stages(stages, from_stage, only)
     if hw.node_rank > 0: selected = [n for n in selected if n in DISTRIBUTED_STAGES]
     print(format_plan(stages, s, hw, plan, base, selected))
