@@ -10,7 +10,7 @@ from conftest import SHARED_DATA, cli_env, run_module
 
 BUNDLES = [SHARED_DATA / "eval_bundle", Path.home() / ".cache" / "nanochat_nb" / "eval_bundle"]
 
-ROWS = ["data+disk", "data", "tok_train", "tok_eval", "base_train", "resume", "base_eval", "mid_train", "chat_sft", "chat_eval",
+ROWS = ["attention", "data+disk", "data", "tok_train", "tok_eval", "base_train", "resume", "base_eval", "mid_train", "chat_sft", "chat_eval",
         "chat_rl", "rl_eval", "engine", "chat_web"]
 
 
@@ -30,10 +30,10 @@ def test_tiny_preflight_is_go_and_leaves_the_base_dir_alone(tmp_path):
         if name == "base_eval" and not bundle:
             assert verdict == "SKIP" and "no eval bundle, run python -m nanochat_nb.dataset --seed-from" in reason
         else: assert verdict == "GO", (name, reason)
-        if name not in ("data+disk", "chat_web"): assert mem != "-", name          # peak RSS of the stage's processes
+        if name not in ("attention", "data+disk", "chat_web"): assert mem != "-", name          # peak RSS of the stage's processes
     assert "weights bit-identical" in rows["resume"][4] and "killed (SIGKILL)" in rows["resume"][4]
     assert float(rows["base_train"][2].replace(",", "")) > 0 and float(rows["engine"][2].replace(",", "")) > 0
-    assert re.search(r"^attention backend: (sdpa|flex) \(float32\)$", p.stdout, re.M)
+    assert re.search(r"^attention backend: (sdpa|flex) \(float32\)$", p.stdout, re.M) and rows["attention"][4].startswith(("sdpa (float32)", "flex (float32)"))
     assert re.search(r"^full run ETA: \d+m\d\ds = base_train [\d,]+ tokens at [\d,]+ tok/s measured", p.stdout, re.M)
     assert "preflight: GO" in p.stdout and p.returncode == 0
     if bundle: assert rows["base_eval"][4].startswith("CORE on 2 tasks of ")
