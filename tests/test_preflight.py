@@ -33,7 +33,7 @@ def test_tiny_preflight_is_go_and_leaves_the_base_dir_alone(tmp_path):
         if name not in ("attention", "data+disk", "chat_web"): assert mem != "-", name          # peak RSS of the stage's processes
     assert "weights bit-identical" in rows["resume"][4] and "killed (SIGKILL)" in rows["resume"][4]
     assert float(rows["base_train"][2].replace(",", "")) > 0 and float(rows["engine"][2].replace(",", "")) > 0
-    assert re.search(r"^attention backend: (sdpa|flex) \(float32\)$", p.stdout, re.M) and rows["attention"][4].startswith(("sdpa (float32)", "flex (float32)"))
+    assert re.search(r"^attention backend: (sdpa|flex)$", p.stdout, re.M) and rows["attention"][4].startswith(("sdpa (float32)", "flex (float32)"))
     assert re.search(r"^full run ETA: \d+m\d\ds = base_train [\d,]+ tokens at [\d,]+ tok/s measured", p.stdout, re.M)
     assert "preflight: GO" in p.stdout and p.returncode == 0
     if bundle: assert rows["base_eval"][4].startswith("CORE on 2 tasks of ")
@@ -47,8 +47,9 @@ def test_a_data_dir_that_cannot_be_created_is_no_go(tmp_path):
     p = run_module("speedrun", "--preflight", "--preset", "tiny", "--base-dir", base, env=env, timeout=120, check=False)
     assert p.returncode == 1, p.stdout + p.stderr
     assert _rows(p.stdout)["data+disk"][3] == "NO-GO"
-    assert p.stderr.strip().splitlines()[-1] == f"error: preflight NO-GO: data+disk: data dir {blocker / 'base_data'} cannot be created: " \
-                                                f"{blocker} is a file: the full run writes there; fix it or choose another"
+    assert f"error: preflight NO-GO: data+disk: data dir {blocker / 'base_data'} cannot be created: {blocker} is a file: " \
+           "the full run writes there; fix it or choose another" in p.stderr.splitlines()
+    assert p.stderr.strip().splitlines()[-1] == "error: preflight NO-GO: see the table above"
     assert "Traceback" not in p.stderr
 
 
