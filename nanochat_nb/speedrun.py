@@ -771,7 +771,7 @@ def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (defau
     if s["gpu"] and not hw.gpus and not dry_run:
         raise ValueError(f"preset {s['preset']} needs CUDA GPUs and torch sees none: use --preset cpu, or plan it with "
                          "--dry-run --gpus 8 --gpu-name H100")
-    print(f"attention backend: {attention_backend(torch.empty(0, device=hw.device_type, dtype=compute_dtype(hw.device_type)))}")
+    if not dry_run: print(f"attention backend: {attention_backend(torch.empty(0, device=hw.device_type, dtype=compute_dtype(hw.device_type)))}")
     if not dry_run and (preflight or (s["gpu"] and not no_preflight)):   # every stage a few steps first (deep dive 14a)
         if subprocess.run([sys.executable, "-m", "nanochat_nb.preflight", "--preset", s["preset"], "--base-dir", str(base), "--gpus", str(hw.gpus)]).returncode:
             raise StageError("preflight NO-GO: see the table above" + ("" if preflight else "; --no-preflight skips it"))
