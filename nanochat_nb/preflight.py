@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .cli import script
-from .common import compute_dtype, get_base_dir
+from .common import atomic_path, compute_dtype, get_base_dir
 from .gpt import load_fa3, pick_attention_backend, HAS_FLEX
 from .speedrun import (Hardware, default_preset, detect_hardware, SHARD_MB, Stage, _hms, build_stages, estimate_stages, model_plan, prepare_offline_inputs, stage_figures,
                        resolve_settings, shards_needed, show_command, stage_env)
@@ -331,10 +331,10 @@ def eta_line(rows: list[Row], s: dict, hw: Hardware) -> str:
             f"({_hms(train_s)}) + the other stages' estimates ({_hms(other)})" + (f", ${hw.cost(train_s + other):,.2f}" if hw.gpus else ""))
 
 # %% ../nbs/14a_preflight.ipynb #1ae9fe55
-def _run_timed(cmd: list[str], timeout: float) -> dict:
+def _run_timed(cmd: list[str], timeout: float, cwd=None) -> dict:
     t0 = time.time()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1, timeout))
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1, timeout), cwd=cwd)
         rc, out = p.returncode, (p.stdout + p.stderr)
     except subprocess.TimeoutExpired as e:
         rc, out = 124, ((e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))
@@ -365,11 +365,11 @@ def bench_gpu(out: str = "bench_gpu.json",   # where the figures go (JSON)
     nbs = Path(nbs_dir) if nbs_dir else Path(__file__).resolve().parents[1] / "nbs"
     res["cuda_cells"] = {}
     for nb in cuda_notebooks(nbs) if nbs.is_dir() else []:
-        res["cuda_cells"][nb.name] = _run_timed(["nbdev_test", "--flags", "cuda", "--path", str(nb)], min(150, left() - 150))
+        res["cuda_cells"][nb.name] = _run_timed(["nbdev_test", "--flags", "cuda", "--path", str(nb)], min(150, left() - 150), cwd=nbs.parent)
     for name in ("train", "fp8", "engine"):
         res[f"bench_{name}"] = _run_timed([sys.executable, "-m", "nanochat_nb.bench", name], min(120, left() - 10))
     res["seconds"] = round(time.time() - t_start, 1)
-    Path(out).write_text(json.dumps(res, indent=2, default=str))
+    with atomic_path(Path(out)) as tmp: tmp.write_text(json.dumps(res, indent=2, default=str))
     L = ["| check | seconds | result |", "|---|---:|---|", f"| preflight | {res['preflight']['seconds']} | {'GO' if res['preflight']['go'] else 'NO-GO'} |"]
     L += [f"| {k} (cuda cells) | {v['seconds']} | {'pass' if v['rc'] == 0 else 'FAIL rc=' + str(v['rc'])} |" for k, v in res["cuda_cells"].items()]
     L += [f"| {k} | {res[k]['seconds']} | {(res[k]['tail'] or ['-'])[-1][:100] if res[k]['rc'] == 0 else 'FAIL rc=' + str(res[k]['rc'])} |"
