@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-from .common import (Progress, all_gather_objects, atomic_path, autodetect_device_type, compute_cleanup,
+from .common import (Progress, all_gather_objects, atomic_path, autodetect_device_type, compute_cleanup, compute_dtype,
                                 compute_init, format_duration, get_base_dir, init_wandb, mfu, print0)
 from .cli import script
 from .checkpoint import (checkpoints_root, clean_state_dict, find_last_step, load_checkpoint, save_checkpoint)
@@ -20,7 +20,7 @@ from .dataloader import (tokenizing_distributed_data_loader_bos_bestfit,
 from .dataset import get_data_dir, list_parquet_files
 from .distributed import make_optimizer
 from .fp8 import convert_to_float8_training, disable_fp8, fp8_supported_or_warn
-from .gpt import GPT
+from .gpt import GPT, attention_backend
 from .recipe import (B_REF, SAMPLE_PROMPTS, evaluate_bpb, accumulate_gradients, apply_schedules, estimate_seconds, format_plan,
                                 sample_greedy, training_plan)
 from .tokenizer import default_tokenizer_dir, get_token_bytes, get_tokenizer
@@ -268,6 +268,7 @@ class PretrainRun:
     def run(self) -> dict:
         c, p = self.cfg, self.plan
         print0(format_plan(p, self.gpu))
+        print0(f"attention backend: {attention_backend(torch.empty(0, device=self.device, dtype=compute_dtype(self.device.type)))}")
         if c.dry_run: return self.dry_run()
         self.token_bytes = get_token_bytes(self.device, c.tokenizer_dir)
         self.build()

@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from .common import atomic_path, get_base_dir, get_peak_flops
+from .common import atomic_path, compute_dtype, get_base_dir, get_peak_flops
 from .cli import script
 from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model
 from .dataset import iter_documents
 from .engine import Engine
 from .evaluate import write_sample_bundle
-from .gpt import GPT, GPTConfig, config_from_depth
+from .gpt import GPT, GPTConfig, attention_backend, config_from_depth
 from .tasks import SPELLING_WORDS
 from .tokenizer import Tokenizer
 
@@ -764,6 +764,8 @@ def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (defau
          only: str = "",                     # run only these stages (comma-separated)
          force: bool = False,                # run the selected stages even if they are done (training starts over)
          dry_run: bool = False,              # print the plan with time and cost estimates, run nothing
+         preflight: bool = False,            # run only the preflight: every stage a few steps in a temp dir, a go/no-go table
+         no_preflight: bool = False,         # skip the preflight a GPU preset runs before the long run
          mid: str = "preset",                # midtraining: yes, no or preset
          rl: str = "preset",                 # RL after SFT: yes, no or preset
          gpus: int = -1,                     # GPUs per node (-1: detect; set it with --dry-run to plan for another machine)
@@ -801,6 +803,11 @@ def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (defau
     if s["gpu"] and not hw.gpus and not dry_run:
         raise ValueError(f"preset {s['preset']} needs CUDA GPUs and torch sees none: use --preset cpu, or plan it with "
                          "--dry-run --gpus 8 --gpu-name H100")
+    if not dry_run: print(f"attention backend: {attention_backend(torch.empty(0, device=hw.device_type, dtype=compute_dtype(hw.device_type)))}")
+    if not dry_run and (preflight or (s["gpu"] and not no_preflight)):   # every stage a few steps first (deep dive 14a)
+        if subprocess.run([sys.executable, "-m", "nanochat_nb.preflight", "--preset", s["preset"], "--base-dir", str(base), "--gpus", str(hw.gpus)]).returncode:
+            raise StageError("preflight NO-GO: see the table above" + ("" if preflight else "; --no-preflight skips it"))
+        if preflight: return dict(settings=s, preflight=True)
     selected = select_stages(stages, from_stage, only)
     if hw.node_rank > 0: selected = [n for n in selected if n in DISTRIBUTED_STAGES]
     print(format_plan(stages, s, hw, plan, base, selected))
