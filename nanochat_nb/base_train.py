@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 
 from .common import (Progress, all_gather_objects, atomic_path, autodetect_device_type, compute_cleanup, compute_dtype,
-                                compute_init, format_duration, get_base_dir, init_wandb, mfu, print0)
+                                compute_init, format_duration, get_base_dir, init_wandb, mfu, print0, remove_dead_temps)
 from .cli import script
 from .checkpoint import (checkpoints_root, clean_state_dict, find_last_step, load_checkpoint, save_checkpoint)
 from .dataloader import (tokenizing_distributed_data_loader_bos_bestfit,
@@ -167,6 +167,7 @@ class PretrainRun:
         if self.master:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             truncate_log(self.log_path, self.start_step)
+            for t in remove_dead_temps(self.ckpt_dir): print0(f"removed {t.name}: the temp file of a write that was killed")
 
     def resume(self) -> dict | None:
         "Load the checkpoint to resume from, if any (weights, loop statistics, loader states); returns its optimizer state."

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nanochat_nb.common import (all_gather_objects, autodetect_device_type, compute_cleanup, compute_init, init_wandb,
-    print0)
+from .common import (all_gather_objects, autodetect_device_type, compute_cleanup, compute_init, init_wandb,
+    print0, remove_dead_temps)
 from .cli import script
 from .checkpoint import (checkpoints_root, clean_state_dict, find_largest_model, find_last_step, load_checkpoint,
                                     save_checkpoint, CONFIG_DEFAULTS)
+from .base_train import truncate_log
 from .distributed import make_optimizer
 from .gpt import GPT, GPTConfig
 from .tokenizer import get_token_bytes, get_tokenizer
@@ -299,7 +300,10 @@ def train_sft(stage: str = "sft", source: str = "base", model_tag: str | None = 
     consumed = loader_states[rank] if loader_states else dict(epoch=0, cursor=rank, buffer=[], progress=0.0)
     x, y, next_state = next(loader)
     wandb_run = init_wandb(run, config=user_config, master_process=master)
-    if master: out_dir.mkdir(parents=True, exist_ok=True)
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        truncate_log(out_dir / "log.jsonl", start_step)      # a resumed run logs its steps again: no duplicates
+        for t in remove_dead_temps(out_dir): print0(f"removed {t.name}: the temp file of a write that was killed")
     def log(rec):
         if not master: return
         wandb_run.log(rec, step=rec["step"])

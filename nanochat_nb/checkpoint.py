@@ -4,18 +4,18 @@
 
 # %% ../nbs/07a_checkpoint.ipynb #25dd9492
 from __future__ import annotations
-import json, os, re
+import json, os, pickle, re
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from .common import atomic_path, get_base_dir, print0
+from .common import atomic_path, check_file, file_record, get_base_dir, print0, remove_dead_temps
 
 # %% auto #0
-__all__ = ['PHASE_DIRS', 'CONFIG_DEFAULTS', 'checkpoints_root', 'save_checkpoint', 'list_steps', 'find_last_step',
-           'load_checkpoint', 'find_largest_model', 'patch_missing_params', 'clean_state_dict', 'build_model',
-           'load_model']
+__all__ = ['PHASE_DIRS', 'REBUILD', 'CONFIG_DEFAULTS', 'checkpoints_root', 'save_checkpoint', 'list_steps', 'find_last_step',
+           'load_checkpoint', 'rebuild_hint', 'CorruptFileError', 'read_meta', 'find_largest_model',
+           'patch_missing_params', 'clean_state_dict', 'build_model', 'load_model']
 
 # %% ../nbs/07a_checkpoint.ipynb #fdb99cf3
 PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
@@ -34,12 +34,18 @@ def save_checkpoint(checkpoint_dir, step: int, model_data: dict | None, optimize
     "Save one step: weights (rank 0), this rank's optimizer state, then (rank 0, after all ranks) the meta file."
     d = Path(checkpoint_dir)
     d.mkdir(parents=True, exist_ok=True)
+    files = {}
     if rank == 0 and model_data is not None:
-        with atomic_path(_model_path(d, step)) as tmp: torch.save(model_data, tmp)
+        with atomic_path(_model_path(d, step)) as tmp: torch.save(model_data, tmp); files[_model_path(d, step).name] = file_record(tmp)
     if optimizer_data is not None:
-        with atomic_path(_optim_path(d, step, rank)) as tmp: torch.save(optimizer_data, tmp)
-    if dist.is_available() and dist.is_initialized(): dist.barrier()   # every shard is on disk before the meta
+        with atomic_path(_optim_path(d, step, rank)) as tmp: torch.save(optimizer_data, tmp); files[_optim_path(d, step, rank).name] = file_record(tmp)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()   # every shard is on disk before the meta
+        if dist.get_world_size() > 1:
+            gathered = [None] * dist.get_world_size(); dist.all_gather_object(gathered, files)
+            files = {k: v for g in gathered for k, v in g.items()}
     if rank == 0:
+        meta_data = {**meta_data, "files": files}          # size and sha256 of each file, hashed once as it was written
         with atomic_path(_meta_path(d, step)) as tmp: tmp.write_text(json.dumps(meta_data, indent=2, default=str))
         print0(f"saved checkpoint step {step} to {d}")
 
@@ -64,10 +70,41 @@ def load_checkpoint(checkpoint_dir, step: int, device="cpu", load_optimizer: boo
     if missing:
         raise FileNotFoundError(f"checkpoint step {step} in {d} is missing {', '.join(p.name for p in missing)}; "
                                 f"complete steps there: {list_steps(d) or 'none'}")
-    model_data = torch.load(_model_path(d, step), map_location=device, weights_only=True)
-    optim_data = torch.load(_optim_path(d, step, rank), map_location=device, weights_only=True) if load_optimizer else None
-    meta = json.loads(_meta_path(d, step).read_text())
+    meta = read_meta(d, step)
+    model_data = _load_verified(_model_path(d, step), meta, device)
+    optim_data = _load_verified(_optim_path(d, step, rank), meta, device) if load_optimizer else None
     return model_data, optim_data, meta
+
+REBUILD = {"base_checkpoints": "base_train", "mid_checkpoints": "mid_train", "chatsft_checkpoints": "chat_sft",
+           "chatrl_checkpoints": "chat_rl"}
+
+def rebuild_hint(path) -> str:
+    "The command that writes `path` again (the speedrun stage of its phase folder)."
+    phase = next((REBUILD[p] for p in Path(path).parts if p in REBUILD), None)
+    if phase is None: return "write it again with the command that made it"
+    return f"rebuild it with `python -m nanochat_nb.speedrun --from-stage {phase} --force` (or delete the file and rerun that stage)"
+
+class CorruptFileError(ValueError):
+    "A file on disk is truncated, changed or unreadable (one line via the CLI: the file, why, and how to rebuild it)."
+
+def read_meta(checkpoint_dir, step: int) -> dict:
+    "The meta JSON of a step, or a `CorruptFileError` naming the file."
+    p = _meta_path(checkpoint_dir, step)
+    try: meta = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"{p} is corrupt ({type(e).__name__}: {e}); {rebuild_hint(p)}") from None
+    if not isinstance(meta, dict): raise CorruptFileError(f"{p} is corrupt (not a JSON object); {rebuild_hint(p)}")
+    return meta
+
+def _load_verified(path, meta: dict, device):
+    "torch.load `path` after checking it against the size and sha256 its meta recorded (old metas have none)."
+    rec = (meta.get("files") or {}).get(path.name)
+    if rec and (why := check_file(path, rec)):
+        raise CorruptFileError(f"{path} is {why}; {rebuild_hint(path)}")
+    try: return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
+        if isinstance(e, (FileNotFoundError, PermissionError)): raise
+        raise CorruptFileError(f"{path} does not load ({str(e).splitlines()[0][:120]}); {rebuild_hint(path)}") from None
 
 def find_largest_model(checkpoints_dir) -> str:
     "The model tag to use by default: the deepest `d<N>` tag, else the most recently written folder."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_common.ipynb #25d413f4
 from __future__ import annotations
-import contextlib, gc, os, random, sys, time
+import contextlib, gc, hashlib, os, random, re, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +12,11 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['DTYPE_NAMES', 'PEAK_FLOPS_BF16', 'autodetect_device_type', 'parse_dtype', 'pick_dtype', 'compute_dtype',
+__all__ = ['DTYPE_NAMES', 'HASH_CHUNK', 'PEAK_FLOPS_BF16', 'autodetect_device_type', 'parse_dtype', 'pick_dtype', 'compute_dtype',
            'get_dist_info', 'is_ddp', 'print0', 'seed_everything', 'compute_init', 'compute_cleanup',
-           'end_torchrun_worker', 'all_gather_objects', 'get_base_dir', 'atomic_path', 'format_duration', 'Progress',
-           'progress', 'MissingPackageError', 'DummyWandb', 'init_wandb', 'get_peak_flops', 'mfu', 'import_peer']
+           'end_torchrun_worker', 'all_gather_objects', 'get_base_dir', 'atomic_path', 'file_sha256', 'file_record',
+           'check_file', 'remove_dead_temps', 'format_duration', 'Progress', 'progress', 'MissingPackageError',
+           'DummyWandb', 'init_wandb', 'get_peak_flops', 'mfu', 'import_peer']
 
 # %% ../nbs/00_common.ipynb #78f12845
 def autodetect_device_type() -> str:
@@ -152,6 +153,47 @@ def atomic_path(path):
             os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+# %% ../nbs/00_common.ipynb #3c33b475
+HASH_CHUNK = 4 << 20
+
+def file_sha256(path, chunk: int = HASH_CHUNK) -> str:
+    "The sha256 of a file, read in `chunk`-byte pieces (constant memory, any size)."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk): h.update(b)
+    return h.hexdigest()
+
+def file_record(path) -> dict:
+    "`{'size': bytes, 'sha256': hex}` of a file: what a writer records so a reader can tell it is unchanged."
+    return dict(size=Path(path).stat().st_size, sha256=file_sha256(path))
+
+def check_file(path, record: dict, full: bool = True) -> str | None:
+    "Why `path` does not match `record` ('missing', 'truncated', 'changed'), or None; `full=False` checks only the size."
+    p = Path(path)
+    if not p.is_file(): return "missing"
+    size = p.stat().st_size
+    if size != record.get("size", size): return f"{'truncated' if size < record['size'] else 'changed'}: {size:,} bytes, {record['size']:,} recorded"
+    if full and record.get("sha256") and file_sha256(p) != record["sha256"]: return "changed: its sha256 differs from the one recorded"
+    return None
+
+_TEMP = re.compile(r"(.+)\.tmp\.(\d+)\.(\d+)")
+
+def remove_dead_temps(folder) -> list[Path]:
+    "Delete the `<name>.tmp.<pid>.<ns>` files of `atomic_path` in `folder` whose process no longer runs; returns them."
+    gone = []
+    for p in sorted(Path(folder).glob("*.tmp.*")) if Path(folder).is_dir() else []:
+        m = _TEMP.fullmatch(p.name)
+        if not m or not p.is_file(): continue
+        pid = int(m.group(2))
+        if pid != os.getpid():
+            try: os.kill(pid, 0); continue          # still running: another writer's file
+            except ProcessLookupError: pass
+            except PermissionError: continue
+        else: continue
+        p.unlink(missing_ok=True); gone.append(p)
+    return gone
+
 
 # %% ../nbs/00_common.ipynb #50b40d2a
 def format_duration(seconds: float) -> str:

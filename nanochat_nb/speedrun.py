@@ -4,16 +4,16 @@
 
 # %% ../nbs/14_speedrun.ipynb #77be9713
 from __future__ import annotations
-import contextlib, datetime, hashlib, importlib.util, io, json, math, os, platform, shlex, subprocess, sys, time
+import contextlib, ctypes, datetime, hashlib, importlib.util, io, json, math, os, platform, shlex, shutil, signal, subprocess, sys, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
 
-from .common import atomic_path, compute_dtype, get_base_dir, get_peak_flops
+from .common import atomic_path, check_file, compute_dtype, file_record, get_base_dir, get_peak_flops
 from .cli import script
-from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model
+from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model, read_meta
 from .dataset import iter_documents
 from .engine import Engine
 from .evaluate import write_sample_bundle
@@ -24,14 +24,14 @@ from .tokenizer import Tokenizer
 # %% auto #0
 __all__ = ['B_REF', 'D_REF_DEPTH', 'CHARS_PER_SHARD', 'CHARS_PER_TOKEN', 'CROPPED', 'PRESETS', 'GPU_DEFAULTS',
            'DISTRIBUTED_STAGES', 'STAGES', 'SHARD_MB', 'DOWNLOAD_MB_PER_S', 'GPU_REF_SECONDS', 'GPU_REF_PEAK',
-           'CPU_TRAIN_FLOPS', 'CPU_REF_SECONDS', 'PHASES', 'SAMPLE_PROMPTS', 'model_plan', 'shards_needed',
-           'default_preset', 'Hardware', 'detect_hardware', 'launch_command', 'show_command', 'Stage',
+           'CPU_TRAIN_FLOPS', 'CPU_REF_SECONDS', 'FULL_HASH_MAX', 'PHASES', 'SAMPLE_PROMPTS', 'model_plan',
+           'shards_needed', 'default_preset', 'Hardware', 'detect_hardware', 'launch_command', 'show_command', 'Stage',
            'chat_rl_available', 'parse_switch', 'resolve_settings', 'build_stages', 'estimate_stages',
-           'critical_seconds', 'marker_path', 'read_marker', 'stage_key', 'stage_status', 'write_marker',
-           'missing_artifacts', 'select_stages', 'format_plan', 'StageError', 'stage_env', 'run_command',
-           'prepare_offline_inputs', 'run_stages', 'last_checkpoint', 'latest_json', 'read_log',
-           'tokenizer_compression', 'stage_figures', 'software_info', 'sample_conversations', 'exam_section',
-           'write_report', 'plan_run', 'main']
+           'critical_seconds', 'marker_path', 'marker_problem', 'read_marker', 'stage_key', 'artifact_files',
+           'verify_artifacts', 'stage_status', 'write_marker', 'missing_artifacts', 'select_stages', 'format_plan',
+           'StageError', 'stage_env', 'run_command', 'prepare_offline_inputs', 'run_stages', 'last_checkpoint',
+           'latest_json', 'read_log', 'tokenizer_compression', 'stage_figures', 'software_info', 'sample_conversations',
+           'exam_section', 'write_report', 'plan_run', 'main']
 
 # %% ../nbs/14_speedrun.ipynb #bda0e3d0
 B_REF, D_REF_DEPTH = 2 ** 19, 12
@@ -240,12 +240,12 @@ def build_stages(s: dict, hw: Hardware, base_dir, extra: dict | None = None, for
     mid = ["--stage", "mid", "--source", "base", "--model-tag", tag, "--output-tag", tag, *chat_common, *resume]
     if not s["gpu"]: mid += ["--num-iterations", s["mid_iterations"]]
     st.append(Stage("mid_train", "midtraining: conversations, tool use, multiple choice", [L("chat_sft", mid, "mid_train")], deps=("base_train",),
-                    artifacts=(f"mid_checkpoints/{tag}/model_*.pt",), enabled=s["mid"], note="" if s["mid"] else "off in this preset (--mid yes)"))
+                    artifacts=(f"mid_checkpoints/{tag}/model_*.pt", f"mid_checkpoints/{tag}/meta_*.json"), enabled=s["mid"], note="" if s["mid"] else "off in this preset (--mid yes)"))
     src = "mid" if s["mid"] else "base"
     sft = ["--stage", "sft", "--source", src, "--model-tag", tag, "--output-tag", tag, *chat_common, *resume]
     if not s["gpu"]: sft += ["--num-iterations", s["sft_iterations"], "--spelling-size", s["sft_spelling"], "--identity-epochs", 1]
     st.append(Stage("chat_sft", f"supervised fine-tuning from the {src} model", [L("chat_sft", sft, "chat_sft")],
-                    deps=("mid_train" if s["mid"] else "base_train",), artifacts=(f"chatsft_checkpoints/{tag}/model_*.pt",)))
+                    deps=("mid_train" if s["mid"] else "base_train",), artifacts=(f"chatsft_checkpoints/{tag}/model_*.pt", f"chatsft_checkpoints/{tag}/meta_*.json")))
     ev = ["--model-tag", tag, "--device-type", dev] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
     if not s["gpu"]:
         ev += ["-a", "CPUChat", "--max-problems", s["eval_problems"], "--max-new-tokens", s["eval_new_tokens"],
@@ -272,7 +272,7 @@ def build_stages(s: dict, hw: Hardware, base_dir, extra: dict | None = None, for
     rl_on = s["rl"] and have_rl
     why = "" if rl_on else ("off in this preset (--rl yes)" if not s["rl"] else "nanochat_nb.chat_rl is not installed")
     st.append(Stage("chat_rl", f"RL on {'GSM8K' if s['gpu'] else 'arithmetic and recall, strict reward'}", [L("chat_rl", rl, "chat_rl")], deps=("chat_sft",),
-                    artifacts=(f"chatrl_checkpoints/{tag}/model_*.pt",), enabled=rl_on, note=why))
+                    artifacts=(f"chatrl_checkpoints/{tag}/model_*.pt", f"chatrl_checkpoints/{tag}/meta_*.json"), enabled=rl_on, note=why))
     rev = ["-i", "rl", *ev] if not s["gpu"] else ["-i", "rl", "-a", "GSM8K", *ev]
     st.append(Stage("rl_eval", "evaluate the RL model", [L("chat_eval", rev, "chat_eval")], deps=("chat_rl",),
                     artifacts=(f"chat_eval/rl_{tag}_*.json",), enabled=rl_on, note=why))
@@ -334,11 +334,20 @@ def critical_seconds(stages: list[Stage], only=None) -> float:
 # %% ../nbs/14_speedrun.ipynb #f05e4032
 def marker_path(base_dir, name: str) -> Path: return Path(base_dir) / "speedrun" / f"{name}.json"
 
-def read_marker(base_dir, name: str) -> dict | None:
-    "The done-marker of a stage, or None (a marker that does not parse counts as absent)."
+def marker_problem(base_dir, name: str) -> str | None:
+    "Why a stage's marker file is there but unusable (a folder, invalid UTF-8, bad JSON, not an object), or None."
     p = marker_path(base_dir, name)
-    try: return json.loads(p.read_text()) if p.is_file() else None
-    except json.JSONDecodeError: return None
+    if not p.exists(): return None
+    if not p.is_file(): return f"{p} is not a file"
+    try: m = json.loads(p.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: return f"{p} does not parse ({type(e).__name__})"
+    return None if isinstance(m, dict) else f"{p} is not a JSON object"
+
+def read_marker(base_dir, name: str) -> dict | None:
+    "The done-marker of a stage, or None (a marker that does not parse counts as absent: see `marker_problem`)."
+    p = marker_path(base_dir, name)
+    if marker_problem(base_dir, name) or not p.is_file(): return None
+    return json.loads(p.read_text())
 
 def stage_key(st: Stage, base_dir) -> str:
     "Hash of the stage's commands (without --resume and --node_rank, `python` for the interpreter) and its deps' finish times."
@@ -346,18 +355,39 @@ def stage_key(st: Stage, base_dir) -> str:
     deps = {d: (read_marker(base_dir, d) or {}).get("finished") for d in st.deps}
     return hashlib.sha256(json.dumps([cmds, deps], sort_keys=True).encode()).hexdigest()[:16]
 
+FULL_HASH_MAX = 256 << 20   # on skip, files up to this size are re-hashed; larger ones (checkpoints) get a size check
+
+def artifact_files(st: Stage, base_dir) -> list[Path]:
+    "The files under the base dir that match a stage's artifact patterns (temp files of `atomic_path` left out)."
+    base = Path(base_dir)
+    return sorted({p for pat in st.artifacts for p in base.glob(pat) if p.is_file() and ".tmp." not in p.name})
+
+def verify_artifacts(st: Stage, base_dir, marker: dict | None = None) -> list[tuple[str, str]]:
+    "`(file, why)` for each file a stage's marker recorded that is missing, truncated or changed (sha256 up to `FULL_HASH_MAX`)."
+    m = marker if marker is not None else read_marker(base_dir, st.name) or {}
+    bad = []
+    for rel, rec in (m.get("files") or {}).items():
+        if not isinstance(rec, dict): bad.append((rel, "recorded without a size")); continue
+        why = check_file(Path(base_dir) / rel, rec, full=rec.get("size", 0) <= FULL_HASH_MAX)
+        if why: bad.append((rel, why))
+    return bad
+
 def stage_status(st: Stage, base_dir) -> str:
-    "'off', 'done' (a marker with the current key), 'changed' (a marker with another key) or 'todo'."
+    "'off', 'done' (a marker with the current key, its files intact), 'changed' (another key), 'corrupt' (a file differs) or 'todo'."
     if not st.enabled: return "off"
     m = read_marker(base_dir, st.name)
     if m is None: return "todo"
-    return "done" if m.get("key") == stage_key(st, base_dir) else "changed"
+    if m.get("key") != stage_key(st, base_dir): return "changed"
+    return "corrupt" if verify_artifacts(st, base_dir, m) else "done"
 
 def write_marker(base_dir, st: Stage, started: float, seconds: float, figures: dict | None = None):
-    "Record a finished stage (atomically: a crash never leaves half a marker)."
+    "Record a finished stage with the size and sha256 of each artifact (atomically: a crash never leaves half a marker)."
+    files = {str(p.relative_to(base_dir)): file_record(p) for p in artifact_files(st, base_dir)}
     m = dict(stage=st.name, key=stage_key(st, base_dir), started=started, finished=time.time(), seconds=seconds,
-             estimate_s=st.estimate_s, commands=[show_command(c) for c in st.commands], figures=figures or {})
-    with atomic_path(marker_path(base_dir, st.name)) as tmp: tmp.write_text(json.dumps(m, indent=2))
+             estimate_s=st.estimate_s, commands=[show_command(c) for c in st.commands], figures=figures or {}, files=files)
+    p = marker_path(base_dir, st.name)
+    if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)          # a folder where the marker goes: it counted as absent
+    with atomic_path(p) as tmp: tmp.write_text(json.dumps(m, indent=2))
     return m
 
 def missing_artifacts(st: Stage, base_dir) -> list[str]:
@@ -429,24 +459,43 @@ def stage_env(base_dir) -> dict:
     "The environment of a stage's processes: this one, with the run's base dir and unbuffered output."
     return {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir), "PYTHONUNBUFFERED": "1"}
 
+def _die_with_parent():
+    "In the child, before exec: ask Linux to SIGKILL it when the runner dies (prctl PR_SET_PDEATHSIG), however the runner dies."
+    try: ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass                                          # not Linux: the process group still helps
+
+def _signal_group(proc, sig):
+    try: os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError): pass
+
 def run_command(cmd: list[str], log_path, env: dict, echo=print, prefix: str = "") -> None:
-    "Run `cmd`, appending its output to `log_path` and passing each line to `echo`; a StageError if it fails."
+    """Run `cmd`, appending its output to `log_path` and passing each line to `echo`; a StageError if it fails.
+    The child runs in its own process group and dies with the runner: SIGKILL (the kernel's parent-death signal),
+    SIGTERM (forwarded to the group), Ctrl-C (SIGINT forwarded, so a training script saves its resume hint)."""
     log_path = Path(log_path); log_path.parent.mkdir(parents=True, exist_ok=True)
     tail = []
+    linux = sys.platform.startswith("linux")
     with open(log_path, "a") as log:
         log.write(f"$ {show_command(cmd)}\n"); log.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
+                                preexec_fn=_die_with_parent if linux else None, start_new_session=True)
+        main_thread = threading.current_thread() is threading.main_thread()
+        def on_term(signum, frame):
+            _signal_group(proc, signal.SIGTERM); raise SystemExit(128 + signum)
+        old = signal.signal(signal.SIGTERM, on_term) if main_thread else None
         try:
             for line in proc.stdout:
                 log.write(line); log.flush()
                 tail = (tail + [line.rstrip()])[-15:]
                 if echo: echo(prefix + line.rstrip())
             rc = proc.wait()
-        except BaseException:
-            proc.terminate()
+        except BaseException as e:
+            _signal_group(proc, signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
             try: proc.wait(timeout=30)
-            except subprocess.TimeoutExpired: proc.kill()
+            except subprocess.TimeoutExpired: _signal_group(proc, signal.SIGKILL); proc.wait()
             raise
+        finally:
+            if main_thread: signal.signal(signal.SIGTERM, old)
     if rc != 0:
         raise StageError(f"{prefix.strip() or 'command'} failed with exit status {rc}: `{show_command(cmd)}`\n"
                          + "\n".join("    " + t for t in tail) + f"\n(full log: {log_path}; run the same command again to resume)")
@@ -482,11 +531,16 @@ def run_stages(stages: list[Stage], selected: list[str], base_dir, hw: Hardware,
             if not st.enabled: out[st.name] = "off"; continue
             for d in st.deps:
                 if d in bg: finish(d)
+            if why := marker_problem(base_dir, st.name): echo(f"[{st.name}] its done-marker {why}: counted as absent")
             status = stage_status(st, base_dir)
             if status == "done" and not force and not missing_artifacts(st, base_dir):
                 echo(f"[{st.name}] done already ({read_marker(base_dir, st.name)['seconds']:.0f}s), skipping"); out[st.name] = "skipped"
                 continue
             if status == "changed": echo(f"[{st.name}] its inputs or flags changed since it last ran: running it again")
+            if status in ("corrupt", "changed"):                  # a stage that runs again must not resume from a bad file
+                for rel, why in verify_artifacts(st, base_dir):
+                    echo(f"[{st.name}] {rel} is {why}: removing it and running the stage again")
+                    (base_dir / rel).unlink(missing_ok=True)        # so that a resuming stage cannot load it
             echo(f"[{st.name}] {st.what} (estimated {_hms(st.estimate_s)})")
             t0 = time.time()
             if st.background:
@@ -520,7 +574,7 @@ def last_checkpoint(base_dir, phase: str) -> tuple[Path, dict] | None:
         d = root / find_largest_model(root)
         step = find_last_step(d)
     except FileNotFoundError: return None
-    return d, json.loads((d / f"meta_{step:06d}.json").read_text())
+    return d, read_meta(d, step)
 
 def latest_json(folder, pattern: str) -> dict | None:
     "The most recently written JSON file matching `pattern` in `folder`, parsed (None if there is none)."

@@ -578,7 +578,11 @@ class Tokenizer:
         if not p.exists():
             have = sorted(x.name for x in d.iterdir())
             raise FileNotFoundError(f"{d} has no tokenizer.pkl (it holds: {have or 'nothing'}); {hint}")
-        with open(p, "rb") as f: enc = pickle.load(f)
+        try:
+            with open(p, "rb") as f: enc = pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{p} is corrupt ({type(e).__name__}); rebuild it with `python -m nanochat_nb.tok_train` "
+                             "(or `python -m nanochat_nb.speedrun --from-stage tok_train --force`)") from None
         if not isinstance(enc, tiktoken.Encoding):
             raise TypeError(f"{p} holds a {type(enc).__name__}, not a tiktoken Encoding")
         return cls(enc, bos="<|bos|>" if "<|bos|>" in enc._special_tokens else "<|endoftext|>")
@@ -681,7 +685,11 @@ def get_token_bytes(device="cpu", tokenizer_dir=None) -> torch.Tensor:
     "`token_bytes.pt` from the tokenizer folder, on `device` (computed from tokenizer.pkl if only that is there)."
     d = Path(tokenizer_dir or default_tokenizer_dir()).expanduser()
     p = d / "token_bytes.pt"
-    if p.exists(): return torch.load(p, map_location=device)
+    if p.exists():
+        try: return torch.load(p, map_location=device)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
+            raise ValueError(f"{p} is corrupt ({type(e).__name__}); rebuild it with `python -m nanochat_nb.tok_train` "
+                             "(or `python -m nanochat_nb.speedrun --from-stage tok_train --force`)") from None
     return get_tokenizer(d).token_bytes().to(device)
 
 # %% ../nbs/01_tokenizer.ipynb #8af25cfe

@@ -28,10 +28,13 @@ def test_sigkill_mid_write_keeps_previous_checkpoint(tmp_path):
     # the old step is intact and is still the last complete one
     assert list_steps(d) == [100] and find_last_step(d) == 100
     model, optim, meta = load_checkpoint(d, 100, load_optimizer=True)
-    assert torch.equal(model["w"], good["w"]) and torch.equal(optim["opt"], torch.zeros(3)) and meta == {"step": 100}
+    assert torch.equal(model["w"], good["w"]) and torch.equal(optim["opt"], torch.zeros(3)) and meta["step"] == 100
+    assert set(meta["files"]) == {"model_000100.pt", "optim_000100_rank0.pt"}        # sizes and hashes, checked on load
     # nothing with a real name is half written (only a dead temp file may remain, which readers ignore)
     named = sorted(f.name for f in d.iterdir() if ".tmp." not in f.name)
     assert named == ["meta_000100.json", "model_000100.pt", "optim_000100_rank0.pt"]
+    from nanochat_nb.common import remove_dead_temps                                 # what a resuming run calls first
+    assert [f.name for f in remove_dead_temps(d)] and not any(".tmp." in f.name for f in d.iterdir())
 
 
 def test_older_nanochat_checkpoint_loads_as_the_model_it_was(tmp_path, capsys):

@@ -95,9 +95,17 @@ def test_interrupted_pretraining_resumes_from_its_checkpoint(tiny_run, tmp_path)
     # as if killed after the step-6 checkpoint: no final checkpoint, no done-marker
     for f in (own / "base_checkpoints" / "d2").glob("*_000012*"): f.unlink()
     (own / "speedrun" / "base_train.json").unlink()
+    import subprocess, sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    tmpf = own / "base_checkpoints" / "d2" / f"model_000012.pt.tmp.{dead}.7"
+    tmpf.write_bytes(b"the start of a checkpoint")                       # killed while writing step 12
     p = run_module("speedrun", "--preset", "tiny", "--only", "base_train", "--base-dir", own, env=cli_env(own), timeout=300)
     assert "resumed from" in p.stdout and "step 6" in p.stdout, p.stdout[-3000:]
     assert (own / "base_checkpoints" / "d2" / "model_000012.pt").is_file() and _marker(own, "base_train")["figures"]["step"] == 12
+    assert not tmpf.exists() and f"removed {tmpf.name}" in p.stdout
+    recs = [json.loads(l) for l in (own / "base_checkpoints" / "d2" / "log.jsonl").read_text().splitlines() if l.strip()]
+    kinds = [(r["step"], tuple(sorted(r))) for r in recs]                  # a step may have a train and a val record
+    assert len(kinds) == len(set(kinds)) and max(r["step"] for r in recs) >= 11, kinds
 
 
 def test_dry_run_d24_on_8_h100_matches_reference(tmp_path):
@@ -150,3 +158,100 @@ def test_bad_flags_fail_clearly(tmp_path, args, msg):
     if torch.cuda.is_available() and msg in ("needs CUDA GPUs", "--gpus 8 but torch sees"): pytest.skip("this machine has GPUs")
     with pytest.raises(ValueError, match=re.escape(msg)): main.cli([*args, "--base-dir", str(tmp_path)])
     assert not (tmp_path / "speedrun" / "run.json").exists()
+
+
+# --- integrity: a rerun checks what it skips, and a corrupt file is named, never trusted ---------------------------------
+
+def _flip(path, at=0.5):
+    b = bytearray(path.read_bytes()); i = int(len(b) * at); b[i] ^= 0xFF; path.write_bytes(bytes(b))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _dead_pid():
+    import subprocess, sys
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+
+
+def _steps(log):
+    "(step, fields) of each record: a step may have a train and a val record, but never the same one twice."
+    return [(r["step"], tuple(sorted(r))) for r in map(json.loads, log.read_text().splitlines()) if r]
+
+
+def test_markers_record_size_and_sha256_of_every_artifact(tiny_run):
+    import hashlib
+    base, _, _ = tiny_run
+    files = _marker(base, "base_train")["files"]
+    assert {"base_checkpoints/d2/model_000012.pt", "base_checkpoints/d2/meta_000012.json", "base_checkpoints/d2/model_000006.pt"} <= set(files)
+    rec = files["base_checkpoints/d2/model_000012.pt"]
+    assert rec["sha256"] == hashlib.sha256((base / "base_checkpoints/d2/model_000012.pt").read_bytes()).hexdigest()
+    meta = json.loads((base / "base_checkpoints/d2/meta_000012.json").read_text())
+    assert meta["files"]["model_000012.pt"] == rec and "optim_000012_rank0.pt" in meta["files"]
+    for stage, f in (("data", "base_data/shard_00000.parquet"), ("tok_train", "tokenizer/tokenizer.pkl"), ("report", "report/report.md"),
+                     ("chat_sft", "chatsft_checkpoints/d2/meta_000004.json")):
+        assert f in _marker(base, stage)["files"], (stage, _marker(base, stage)["files"].keys())
+
+
+def test_corrupt_sft_checkpoint_is_named_and_its_stage_redone(tiny_run, tmp_path):
+    base, _, _ = tiny_run
+    own = tmp_path / "base"; shutil.copytree(base, own); env = cli_env(own)
+    sft = sorted((own / "chatsft_checkpoints" / "d2").glob("model_*.pt"))[-1]
+    _flip(sft)
+    p = run_module("speedrun", "--preset", "tiny", "--only", "chat_eval", "--force", "--base-dir", own, env=env, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr, p.stdout[-2000:] + p.stderr
+    assert f"{sft} is changed: its sha256 differs" in p.stdout + p.stderr and "--from-stage chat_sft --force" in p.stdout + p.stderr
+    # a plain plan sees it; chat_sft runs again (resuming never loads the bad file), and what follows it is stale
+    dead = own / "chatsft_checkpoints" / "d2" / f"{sft.name}.tmp.{_dead_pid()}.1"
+    dead.write_bytes(b"half a checkpoint")                                    # as if killed while writing
+    p = run_module("speedrun", "--preset", "tiny", "--only", "chat_sft", "--quiet", "--base-dir", own, env=env)
+    assert f"[chat_sft] chatsft_checkpoints/d2/{sft.name} is changed: its sha256 differs from the one recorded: removing it" in p.stdout, p.stdout
+    assert "[chat_sft] finished" in p.stdout and not dead.exists()
+    assert _marker(own, "chat_sft")["files"][f"chatsft_checkpoints/d2/{sft.name}"]["size"] == sft.stat().st_size
+    steps = _steps(own / "chatsft_checkpoints" / "d2" / "log.jsonl")
+    assert len(steps) == len(set(steps)), steps                               # the rerun's log has no duplicate steps
+    p = run_module("speedrun", "--preset", "tiny", "--dry-run", "--base-dir", own, env=env)
+    for s, status in (("chat_sft", "done"), ("chat_eval", "changed"), ("mid_train", "done"), ("base_train", "done")):
+        assert f"| {s} | {status} |" in p.stdout, (s, p.stdout)
+
+
+def test_corrupt_report_and_unreadable_markers_rerun_only_their_stages(tiny_run, tmp_path):
+    base, _, _ = tiny_run
+    own = tmp_path / "base"; shutil.copytree(base, own); env = cli_env(own)
+    _flip(own / "report" / "report.md")
+    (own / "speedrun" / "tok_eval.json").write_bytes(b"\xff\xfe" + (own / "speedrun" / "tok_eval.json").read_bytes())
+    (own / "speedrun" / "base_eval.json").unlink(); (own / "speedrun" / "base_eval.json").mkdir()
+    p = run_module("speedrun", "--preset", "tiny", "--quiet", "--base-dir", own, env=env)
+    out = p.stdout
+    assert "Traceback" not in out + p.stderr
+    assert "[tok_eval] its done-marker" in out and "tok_eval.json does not parse (UnicodeDecodeError): counted as absent" in out
+    assert "base_eval.json is not a file: counted as absent" in out
+    assert "[report] report/report.md is changed: its sha256 differs" in out, out
+    # (chat_eval and rl_eval name the base dir in their commands, so in a copied base dir they run again anyway)
+    for s in ("data", "tok_train", "base_train", "mid_train", "chat_sft") + (("chat_rl",) if HAVE_RL else ()):
+        assert f"[{s}] done already" in out, s
+    for s in ("tok_eval", "base_eval", "report"): assert f"[{s}] finished" in out, s
+    assert _marker(own, "base_eval")["stage"] == "base_eval"
+
+
+def test_truncated_inputs_are_named_on_load_and_redone(tiny_run, tmp_path):
+    base, _, _ = tiny_run
+    own = tmp_path / "base"; shutil.copytree(base, own); env = cli_env(own)
+    shard = sorted((own / "base_data").glob("shard_*.parquet"))[0]
+    for f in (shard, own / "tokenizer" / "tokenizer.pkl", own / "base_checkpoints" / "d2" / "meta_000012.json"): _truncate(f)
+    p = run_module("speedrun", "--preset", "tiny", "--dry-run", "--base-dir", own, env=env)
+    for s in ("data", "tok_train", "base_train"): assert f"| {s} | corrupt |" in p.stdout, (s, p.stdout)
+    # what loads them says which file and how to rebuild it, in one line
+    p = run_module("speedrun", "--preset", "tiny", "--only", "base_eval", "--force", "--base-dir", own, env=env, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr, p.stdout[-2000:] + p.stderr
+    assert "meta_000012.json is corrupt (JSONDecodeError" in p.stdout + p.stderr and "--from-stage base_train" in p.stdout + p.stderr
+    p = run_module("speedrun", "--preset", "tiny", "--only", "tok_eval", "--force", "--base-dir", own, env=env, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr, p.stdout[-2000:] + p.stderr
+    assert "tokenizer.pkl is corrupt" in p.stdout + p.stderr and "nanochat_nb.tok_train" in p.stdout + p.stderr
+    p = run_module("speedrun", "--preset", "tiny", "--only", "data,tok_train", "--quiet", "--base-dir", own, env=env)
+    assert f"[data] base_data/{shard.name} is truncated" in p.stdout and "[tok_train] tokenizer/tokenizer.pkl is truncated" in p.stdout, p.stdout
+    assert "[data] finished" in p.stdout and "[tok_train] finished" in p.stdout
+    p = run_module("speedrun", "--preset", "tiny", "--dry-run", "--base-dir", own, env=env)
+    for s, status in (("data", "done"), ("tok_train", "done"), ("base_train", "changed"), ("report", "changed")):
+        assert f"| {s} | {status} |" in p.stdout, (s, p.stdout)
