@@ -68,6 +68,29 @@ def test_report_has_every_section_and_image(tiny_run):
         assert re.search(r"held-out pass@1 [\d.]+ → [\d.]+ and pass@4 [\d.]+ → [\d.]+ \(steps 0 → 2\)", md), md
     for s in ("base_train", "chat_sft", "chat_eval"): assert f"| {s} | " in md
     assert "## Share it" in md and "python -m nanochat_nb.export -i " in md
+    assert "| stage | time | estimated | time / estimate | cost |" in md
+
+
+def test_report_judges_the_run_and_shows_the_command_as_typed(tiny_run):
+    """The verdict comes first (the tiny preset has no measured ranges, so it says so, while RL's cost to each skill is
+    still judged); the command line is the one that ran, with no trailing space; the run records its seed and load."""
+    base, env, p = tiny_run
+    md = (base / "report" / "report.md").read_text()
+    assert md.index("## Verdict") < md.index("## Time and cost per stage")
+    assert "No expected range for the tiny preset: its numbers are not judged against seeds." in md
+    if HAVE_RL: assert re.search(r"\| RL keeps letters \| [+-][\d.]+ points \| ≥ -5 points \| (as|worse than) expected \|", md), md
+    cmd = re.search(r"^Command: `([^`]*)`$", md, re.M).group(1)
+    assert cmd == f"python -m nanochat_nb.speedrun --preset tiny --base-dir {base}", cmd
+    run = json.loads((base / "speedrun" / "run.json").read_text())
+    assert run["seed"] == 42 and run["load"] >= 0 and run["cpus"] >= 1 and ", seed 42, written" in md
+
+
+def test_seed_reaches_every_training_stage(tmp_path):
+    p = run_module("speedrun", "--preset", "cpu", "--dry-run", "--seed", "7", "--base-dir", tmp_path)
+    assert p.returncode == 0, p.stderr
+    rows = {l.split("|")[1].strip(): l for l in p.stdout.splitlines() if l.startswith("| ") and "`" in l}
+    assert {s for s, l in rows.items() if "--seed 7" in l} == {"base_train", "mid_train", "chat_sft", "chat_rl"}, rows.keys()
+    assert f"base dir: {tmp_path}, seed 7" in p.stdout
 
 
 def test_second_run_skips_every_stage(tiny_run):
