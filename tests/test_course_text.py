@@ -89,3 +89,15 @@ def test_references_are_cited():
     anchors = set(ANCHOR.findall(refs))
     assert len(anchors) >= 40 and all(re.search(rf'<a id="{a}"></a>\*\*', refs) for a in anchors)
     assert len(re.findall(r"arXiv:\d{4}\.\d{4,5}", refs)) >= 30
+
+
+def test_chapters_and_their_exercises_link_to_each_other():
+    "Every core chapter links to its exercise sheet, and that sheet links back to the chapter (both ways resolve)."
+    from nanochat_nb.course_stats import chapter_time
+    for nb in NBS:
+        if chapter_time(nb).deep_dive: continue
+        sheets = re.findall(r"\(\.\./course/exercises/([\w.]+\.md)\)", markdown_of(nb))
+        assert sheets, f"{nb.name} links to no exercise sheet in course/exercises/"
+        for sheet in sheets:
+            text = (ROOT / "course" / "exercises" / sheet).read_text()
+            assert f"(../../nbs/{nb.name})" in text, f"course/exercises/{sheet} does not link back to {nb.name}"
