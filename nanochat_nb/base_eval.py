@@ -20,7 +20,7 @@ from .evaluate import EVAL_BUNDLE_URL, evaluate_core, format_core_table, get_eva
 from .recipe import SAMPLE_PROMPTS, evaluate_bpb, sample_greedy
 
 # %% auto #0
-__all__ = ['EVALS', 'parse_evals', 'check_shards', 'bpb_splits', 'results_path', 'BaseEvalConfig', 'main']
+__all__ = ['EVALS', 'parse_evals', 'check_shards', 'bpb_splits', 'base_eval_path', 'BaseEvalConfig', 'main']
 
 # %% ../nbs/08a_base_eval.ipynb #a0b28757
 EVALS = ("core", "bpb", "sample")
@@ -55,7 +55,7 @@ def bpb_splits(model, tokenizer, device, split_tokens: int, device_batch_size: i
     out["tokens_per_split"] = steps * device_batch_size * T * world_size
     return out
 
-def results_path(source: str, model_tag: str, step: int, base_dir=None) -> Path:
+def base_eval_path(source: str, model_tag: str, step: int, base_dir=None) -> Path:
     "`<base dir>/base_eval/<tag>_<step>.json` (the source is added to the name when it is not 'base')."
     name = f"{model_tag}_{step:06d}.json" if source == "base" else f"{source}_{model_tag}_{step:06d}.json"
     return Path(base_dir or get_base_dir()) / "base_eval" / name
@@ -109,7 +109,7 @@ def main(cfg: BaseEvalConfig):
             results["samples"] = sample_greedy(model, tokenizer, SAMPLE_PROMPTS)
             for s in results["samples"]: print0("  sample: " + s.replace("\n", " "))
     results["seconds"] = time.time() - t0
-    out = results_path(source, model_tag, step)
+    out = base_eval_path(source, model_tag, step)
     if rank == 0:
         with atomic_path(out) as tmp: tmp.write_text(json.dumps(results, indent=2))
         print0(f"results written to {out}")

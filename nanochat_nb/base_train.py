@@ -14,7 +14,7 @@ import torch
 from .common import (Progress, all_gather_objects, atomic_path, autodetect_device_type, compute_cleanup, compute_dtype,
                                 compute_init, format_duration, get_base_dir, init_wandb, mfu, print0, remove_dead_temps)
 from .cli import script
-from .checkpoint import (checkpoints_root, clean_state_dict, find_last_step, load_checkpoint, save_checkpoint)
+from .checkpoint import (truncate_log, checkpoints_root, clean_state_dict, find_last_step, load_checkpoint, save_checkpoint)
 from .dataloader import (tokenizing_distributed_data_loader_bos_bestfit,
                                     tokenizing_distributed_data_loader_with_state_bos_bestfit)
 from .dataset import get_data_dir, list_parquet_files
@@ -26,8 +26,8 @@ from .recipe import (B_REF, SAMPLE_PROMPTS, evaluate_bpb, accumulate_gradients, 
 from .tokenizer import default_tokenizer_dir, get_token_bytes, get_tokenizer
 
 # %% auto #0
-__all__ = ['EVAL_TOKENS_CUDA', 'BaseTrainConfig', 'default_eval_tokens', 'check_inputs', 'writable_dir', 'truncate_log',
-           'PretrainRun', 'train', 'main']
+__all__ = ['EVAL_TOKENS_CUDA', 'BaseTrainConfig', 'default_eval_tokens', 'check_inputs', 'writable_dir', 'PretrainRun', 'train',
+           'main']
 
 # %% ../nbs/07b_base_train.ipynb #63804adb
 EVAL_TOKENS_CUDA = 10 * 2 ** 20
@@ -107,13 +107,6 @@ def writable_dir(path, flag: str) -> Path:
         raise ValueError(f"{flag} {path}: cannot create this folder because {e.filename or path} is a file; "
                          f"choose another {flag}") from None
     return path
-
-def truncate_log(path, before_step: int):
-    "Keep only the records of steps before `before_step` in a `log.jsonl` (atomic rewrite; a missing log is fine)."
-    path = Path(path)
-    if not path.exists(): return
-    kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", -1) < before_step]
-    with atomic_path(path) as tmp: tmp.write_text("".join(l + "\n" for l in kept))
 
 # %% ../nbs/07b_base_train.ipynb #c0b4740c
 class PretrainRun:

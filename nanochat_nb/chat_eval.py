@@ -21,7 +21,7 @@ from .engine import Engine
 # %% auto #0
 __all__ = ['BASELINES', 'TASK_NAMES', 'TASK_FOLDERS', 'EXTRA_TASKS', 'parse_task_names', 'load_task', 'centered_accuracy',
            'chatcore', 'choice_token_ids', 'predict_letters', 'run_categorical_eval', 'run_generative_eval',
-           'run_chat_eval', 'format_chat_table', 'results_path', 'main']
+           'run_chat_eval', 'format_chat_table', 'chat_eval_path', 'main']
 
 # %% ../nbs/09c_chat_eval.ipynb #c23915cf
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
@@ -100,7 +100,7 @@ def predict_letters(model, tokenizer, conversations: list) -> tuple[list[str], l
     return letters, scores
 
 # %% ../nbs/09c_chat_eval.ipynb #fc8c3474
-def _rank_world(rank, world_size):
+def _rank_and_world(rank, world_size):
     if rank is not None and world_size is not None: return rank, world_size
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -123,7 +123,7 @@ def run_categorical_eval(task, model, tokenizer, batch_size: int = 8, max_proble
                          rank: int | None = None, world_size: int | None = None, progress: bool = False) -> dict:
     "Accuracy of the letter the model prefers, over the first `max_problems` examples (all ranks summed)."
     if batch_size < 1: raise ValueError(f"--batch-size {batch_size} must be >= 1")
-    rank, world_size = _rank_world(rank, world_size)
+    rank, world_size = _rank_and_world(rank, world_size)
     n = _num_problems(task, max_problems)
     mine = list(rank_items(n, rank, world_size))
     correct = 0
@@ -148,7 +148,7 @@ def run_generative_eval(task, model, tokenizer, num_samples: int = 1, max_new_to
         raise ValueError(f"--num-samples {num_samples} with --temperature 0 would sample the same greedy reply "
                          f"{num_samples} times; use a temperature > 0 for pass@k")
     generate = generate or Engine(model, tokenizer).generate_batch
-    rank, world_size = _rank_world(rank, world_size)
+    rank, world_size = _rank_and_world(rank, world_size)
     n = _num_problems(task, max_problems)
     mine = list(rank_items(n, rank, world_size))
     correct = 0
@@ -205,7 +205,7 @@ def format_chat_table(results: dict) -> str:
     tail = f" (partial: over {len(scored)}/6 tasks, missing {'|'.join(missing)})" if missing else ""
     return "\n".join(lines) + f"\n\nChatCORE {chatcore(scored):.4f}{tail}"
 
-def results_path(source: str, model_tag: str, step: int, base_dir=None) -> Path:
+def chat_eval_path(source: str, model_tag: str, step: int, base_dir=None) -> Path:
     "`<base dir>/chat_eval/<source>_<tag>_<step>.json`."
     return Path(base_dir or get_base_dir()) / "chat_eval" / f"{source}_{model_tag}_{step:06d}.json"
 
@@ -254,7 +254,7 @@ def main(task_name: str = "|".join(TASK_NAMES),   # one task, or several joined 
                settings=dict(max_problems=max_problems, batch_size=batch_size, num_samples=num_samples,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k))
     print0(format_chat_table(results))
-    path = results_path(source, model_tag, step)
+    path = chat_eval_path(source, model_tag, step)
     if rank == 0:
         with atomic_path(path) as tmp_file: tmp_file.write_text(json.dumps(out, indent=2))
         print0(f"results written to {path}")

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from nanochat_nb.common import (all_gather_objects, autodetect_device_type, compute_cleanup, compute_init, init_wandb,
     print0)
 from .cli import script
-from .checkpoint import build_model, checkpoints_root, find_largest_model, list_steps, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoints_root, model_from_checkpoint, find_largest_model, list_steps, load_checkpoint, save_checkpoint
 from .distributed import make_optimizer
 from .engine import Engine
 from .dataset import make_arith_problem
@@ -259,7 +259,7 @@ def train_rl(source: str = "sft", model_tag: str | None = None, step: int = -1, 
         raise ValueError(f"--examples-per-step {examples_per_step} must be a multiple of the number of ranks ({world_size})")
     per_rank = examples_per_step // world_size
     if num_steps == -1: num_steps = max(1, len(train_task) // examples_per_step)
-    model, tokenizer, src_meta = build_model(src_dir, src_step, device, "train")
+    model, tokenizer, src_meta = model_from_checkpoint(src_dir, src_step, device, "train")
     cfg = model.config
     s = inherited_settings(src_meta) if "max_seq_len" in src_meta else dict(
         embedding_lr=0.3, unembedding_lr=0.008, matrix_lr=0.02, scalar_lr=0.5)      # a bare checkpoint: the base flags

@@ -14,9 +14,8 @@ import torch.distributed as dist
 from .common import (all_gather_objects, autodetect_device_type, compute_cleanup, compute_init, init_wandb,
     print0, remove_dead_temps)
 from .cli import script
-from .checkpoint import (checkpoints_root, clean_state_dict, find_largest_model, find_last_step, load_checkpoint,
+from .checkpoint import (truncate_log, checkpoints_root, clean_state_dict, find_largest_model, find_last_step, load_checkpoint,
                                     save_checkpoint, CONFIG_DEFAULTS)
-from .base_train import truncate_log
 from .distributed import make_optimizer
 from .gpt import GPT, GPTConfig
 from .tokenizer import get_token_bytes, get_tokenizer

@@ -15,7 +15,7 @@ from .common import atomic_path, check_file, file_record, get_base_dir, print0, 
 # %% auto #0
 __all__ = ['PHASE_DIRS', 'REBUILD', 'CONFIG_DEFAULTS', 'checkpoints_root', 'save_checkpoint', 'list_steps', 'find_last_step',
            'load_checkpoint', 'rebuild_hint', 'CorruptFileError', 'read_meta', 'find_largest_model',
-           'patch_missing_params', 'clean_state_dict', 'build_model', 'load_model']
+           'patch_missing_params', 'clean_state_dict', 'model_from_checkpoint', 'load_model', 'truncate_log']
 
 # %% ../nbs/07a_checkpoint.ipynb #fdb99cf3
 PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
@@ -133,7 +133,7 @@ def clean_state_dict(model_data: dict, device) -> dict:
         out = {k: v.float() if v.dtype == torch.bfloat16 else v for k, v in out.items()}
     return out
 
-def build_model(checkpoint_dir, step: int, device, phase: str = "eval"):
+def model_from_checkpoint(checkpoint_dir, step: int, device, phase: str = "eval"):
     "Rebuild `(model, tokenizer, meta)` from a checkpoint; `phase` 'train' or 'eval' sets the model's mode."
     if phase not in ("train", "eval"): raise ValueError(f"phase must be 'train' or 'eval', not {phase!r}")
     from nanochat_nb.gpt import GPT, GPTConfig          # a layer above: imported when a model is actually built
@@ -161,4 +161,12 @@ def load_model(source: str, device, phase: str = "eval", model_tag: str | None =
     d = root / model_tag
     step = find_last_step(d) if step is None else step
     print0(f"loading {source} model {model_tag} step {step} from {d}")
-    return build_model(d, step, device, phase)
+    return model_from_checkpoint(d, step, device, phase)
+
+# %% ../nbs/07a_checkpoint.ipynb #ebeb98ae
+def truncate_log(path, before_step: int):
+    "Keep only the records of steps before `before_step` in a `log.jsonl` (atomic rewrite; a missing log is fine)."
+    path = Path(path)
+    if not path.exists(): return
+    kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", -1) < before_step]
+    with atomic_path(path) as tmp: tmp.write_text("".join(l + "\n" for l in kept))

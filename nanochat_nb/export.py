@@ -290,7 +290,7 @@ def read_hf_folder(folder) -> tuple[dict, Path]:
     return cfg, d
 
 def load_hf_folder(folder, device="cpu", phase: str = "eval"):
-    "`(model, tokenizer, meta)` of an exported folder, as `checkpoint.build_model` returns them: nanochat_nb's GPT and Tokenizer."
+    "`(model, tokenizer, meta)` of an exported folder, as `checkpoint.model_from_checkpoint` returns them: nanochat_nb's GPT and Tokenizer."
     st = require("safetensors.torch", "loading model.safetensors")
     if phase not in ("train", "eval"): raise ValueError(f"phase must be 'train' or 'eval', not {phase!r}")
     cfg, d = read_hf_folder(folder)

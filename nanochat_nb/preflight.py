@@ -18,7 +18,7 @@ from .speedrun import (Hardware, default_preset, detect_hardware, SHARD_MB, Stag
 
 # %% auto #0
 __all__ = ['PREFLIGHT_STEPS', 'MEM_ENV', 'FULL_RUN_CHECKPOINT_FACTOR', 'describe_attention_backend', 'preflight_settings', 'Row',
-           'format_table', 'run_child', 'wrap_command', 'read_peak', 'PreflightStageError', 'run_logged', 'log_tail',
+           'format_go_table', 'run_child', 'wrap_command', 'read_peak', 'PreflightStageError', 'run_logged', 'log_tail',
            'unwritable', 'check_data_and_disk', 'two_task_bundle', 'run_preflight', 'eta_line', 'cuda_notebooks',
            'bench_gpu', 'main']
 
@@ -60,7 +60,7 @@ class Row:
     reason: str = ""
     skipped: bool = False
 
-def format_table(rows: list[Row], device: str, header: list[str] = ()) -> str:
+def format_go_table(rows: list[Row], device: str, header: list[str] = ()) -> str:
     "The go/no-go table, one row a stage."
     mem = "peak GPU MB" if device == "cuda" else "peak RSS MB"
     L = list(header) + ["", f"| stage | time | {mem} | tokens/s | verdict | reason |", "|---|---:|---:|---:|---|---|"]
@@ -281,7 +281,7 @@ def run_preflight(preset: str, hw: Hardware, real_base, data_dir=None, keep: boo
         if bundle is None: extra["base_eval"] = (extra.get("base_eval", "") + " --eval bpb,sample").strip()
         stages = build_stages(t, hw, tmp, extra, force=True, eval_bundle=str(bundle) if bundle else None)
         estimate_stages(stages, t, hw)
-        if not rows[-1].ok: return rows, format_table(rows, dev, head)
+        if not rows[-1].ok: return rows, format_go_table(rows, dev, head)
         if s["gpu"]:   # the real shards, read only; the chat tasks' download cache is shared so nothing is fetched twice
             (tmp / "base_data").symlink_to(data_dir.resolve())
             if (real_base / "tasks").is_dir(): (tmp / "tasks").symlink_to((real_base / "tasks").resolve())
@@ -313,7 +313,7 @@ def run_preflight(preset: str, hw: Hardware, real_base, data_dir=None, keep: boo
         if all(r.ok for r in rows):
             rows.append(_engine_row(tmp, dev)); echo(f"[preflight] engine: {rows[-1].reason}")
             rows.append(_chat_web_row(tmp, dev, env, logs / "chat_web.log")); echo(f"[preflight] chat_web: {rows[-1].reason}")
-        table = format_table(rows, dev, head) + "\n\n" + eta_line(rows, s, hw) + f"\npreflight took {time.time() - t_start:.0f}s"
+        table = format_go_table(rows, dev, head) + "\n\n" + eta_line(rows, s, hw) + f"\npreflight took {time.time() - t_start:.0f}s"
         return rows, table
     finally:
         if not keep: shutil.rmtree(tmp, ignore_errors=True)

@@ -17,50 +17,38 @@ from .checkpoint import checkpoints_root, find_largest_model, find_last_step, lo
 from .dataset import iter_documents
 from .engine import Engine
 from .evaluate import write_sample_bundle
-from .gpt import GPT, GPTConfig, attention_backend, config_from_depth
+from .gpt import GPT, GPTConfig, attention_backend
+from .recipe import training_plan
 from .tasks import SPELLING_WORDS
 from .tokenizer import Tokenizer
 
 # %% auto #0
-__all__ = ['B_REF', 'D_REF_DEPTH', 'CHARS_PER_SHARD', 'CHARS_PER_TOKEN', 'CROPPED', 'PRESETS', 'GPU_DEFAULTS',
-           'DISTRIBUTED_STAGES', 'STAGES', 'SHARD_MB', 'DOWNLOAD_MB_PER_S', 'GPU_REF_SECONDS', 'GPU_REF_PEAK',
-           'CPU_TRAIN_FLOPS', 'CPU_REF_SECONDS', 'FULL_HASH_MAX', 'PHASES', 'SAMPLE_PROMPTS', 'EXPECTED',
-           'LOWER_IS_BETTER', 'RL_KEEPS_POINTS', 'model_plan', 'shards_needed', 'default_preset', 'Hardware',
-           'detect_hardware', 'launch_command', 'show_command', 'Stage', 'chat_rl_available', 'parse_switch',
-           'resolve_settings', 'build_stages', 'estimate_stages', 'critical_seconds', 'marker_path', 'marker_problem',
-           'read_marker', 'stage_key', 'artifact_files', 'verify_artifacts', 'stage_status', 'write_marker',
-           'missing_artifacts', 'select_stages', 'format_plan', 'StageError', 'stage_env', 'run_command',
-           'prepare_offline_inputs', 'run_stages', 'last_checkpoint', 'latest_json', 'read_log',
-           'tokenizer_compression', 'stage_figures', 'software_info', 'line_figure', 'sample_conversations',
-           'exam_section', 'run_facts', 'verdict', 'verdict_rows', 'verdict_section', 'write_report', 'plan_run',
-           'main']
+__all__ = ['CHARS_PER_SHARD', 'CHARS_PER_TOKEN', 'CROPPED', 'PRESETS', 'GPU_DEFAULTS', 'DISTRIBUTED_STAGES', 'STAGES', 'SHARD_MB',
+           'DOWNLOAD_MB_PER_S', 'GPU_REF_SECONDS', 'GPU_REF_PEAK', 'CPU_TRAIN_FLOPS', 'CPU_REF_SECONDS',
+           'FULL_HASH_MAX', 'PHASES', 'SAMPLE_PROMPTS', 'EXPECTED', 'LOWER_IS_BETTER', 'RL_KEEPS_POINTS', 'model_plan',
+           'shards_needed', 'default_preset', 'Hardware', 'detect_hardware', 'launch_command', 'show_command', 'Stage',
+           'chat_rl_available', 'parse_switch', 'resolve_settings', 'build_stages', 'estimate_stages',
+           'critical_seconds', 'marker_path', 'marker_problem', 'read_marker', 'stage_key', 'artifact_files',
+           'verify_artifacts', 'stage_status', 'write_marker', 'missing_artifacts', 'select_stages', 'format_run_plan',
+           'StageError', 'stage_env', 'run_stage_command', 'prepare_offline_inputs', 'run_stages', 'last_checkpoint',
+           'latest_json', 'read_log', 'tokenizer_compression', 'stage_figures', 'software_info', 'line_figure',
+           'sample_conversations', 'exam_section', 'run_facts', 'verdict', 'verdict_rows', 'verdict_section',
+           'write_report', 'plan_run', 'main']
 
 # %% ../nbs/14_speedrun.ipynb #bda0e3d0
-B_REF, D_REF_DEPTH = 2 ** 19, 12
-
-def _meta_gpt(depth: int, vocab_size: int, max_seq_len: int, window_pattern: str) -> GPT:
-    with torch.device("meta"):
-        return GPT(config_from_depth(depth, sequence_len=max_seq_len, vocab_size=vocab_size, window_pattern=window_pattern))
-
 def model_plan(depth: int, ratio: float = 12, vocab_size: int = 32768, max_seq_len: int = 2048, window_pattern: str = "SSSL",
                device_batch_size: int = 32, world_size: int = 1, total_batch_size: int = -1, num_iterations: int = -1) -> dict:
-    "Parameters, FLOPs per token, total batch, iterations and tokens of a depth (chapter 07's one dial)."
-    if depth < 1: raise ValueError(f"--depth {depth}: a model needs at least one layer")
-    m = _meta_gpt(depth, vocab_size, max_seq_len, window_pattern)
-    counts = m.num_scaling_params()
-    ref = _meta_gpt(D_REF_DEPTH, vocab_size, max_seq_len, window_pattern).num_scaling_params()["scaling"]
-    target = ratio * counts["scaling"]
-    if total_batch_size == -1: total_batch_size = 2 ** round(math.log2(B_REF * (target / (ratio * ref)) ** 0.383))
-    rows = device_batch_size * max_seq_len * world_size
-    if total_batch_size % rows:
-        raise ValueError(f"total batch {total_batch_size:,} tokens is not a multiple of device batch x sequence x world size "
-                         f"= {device_batch_size} x {max_seq_len} x {world_size}; change --base-train-args or the GPU count")
-    iters = num_iterations if num_iterations > 0 else max(1, round(target / total_batch_size))
-    tokens = iters * total_batch_size
-    fpt = m.estimate_flops()
-    return dict(depth=depth, width=m.config.n_embd, params=counts["total"], scaling_params=counts["scaling"],
-                flops_per_token=fpt, total_batch_size=total_batch_size, grad_accum_steps=total_batch_size // rows,
-                num_iterations=iters, tokens=tokens, total_flops=fpt * tokens, tokens_per_param=tokens / counts["scaling"])
+    "The numbers of `recipe.training_plan` (chapter 07's one dial) that the speedrun prints and prices."
+    try:
+        p = training_plan(depth, vocab_size, max_seq_len, window_pattern=window_pattern, target_param_data_ratio=ratio,
+                          num_iterations=num_iterations, total_batch_size=total_batch_size,
+                          device_batch_size=device_batch_size, world_size=world_size)
+    except ValueError as e: raise ValueError(f"{e} (from the speedrun: --base-train-args or the GPU count)") from None
+    c = p["params"]
+    return dict(depth=depth, width=p["config"].n_embd, params=c["total"], scaling_params=c["scaling"],
+                flops_per_token=p["flops_per_token"], total_batch_size=p["total_batch_size"],
+                grad_accum_steps=p["grad_accum_steps"], num_iterations=p["num_iterations"], tokens=p["tokens"],
+                total_flops=p["total_flops"], tokens_per_param=p["tokens_per_param"])
 
 # %% ../nbs/14_speedrun.ipynb #5c9a74cd
 CHARS_PER_SHARD, CHARS_PER_TOKEN, CROPPED = 250e6, 4.8, 0.35   # ClimbMix shard size; tokenizer compression; best-fit waste
@@ -195,6 +183,23 @@ def resolve_settings(preset: str, hw: Hardware, depth: int = -1, mid: str = "pre
 def _extra(extra: dict, name: str) -> list[str]:
     return shlex.split(extra.get(name) or "")
 
+def _data_stages(s: dict, hw: Hardware, extra: dict) -> list[Stage]:
+    "The data stages: the tokenizer's 8 ClimbMix shards now and the rest in the background, or the synthetic corpus at once."
+    if s["gpu"]:
+        n_all = shards_needed(model_plan(s["depth"], s["ratio"], s["vocab_size"], s["max_seq_len"], s["window_pattern"],
+                                         s["device_batch_size"], hw.world_size, s["total_batch_size"], s["num_iterations"])["tokens"])
+        return [Stage("data", "download the tokenizer's 8 ClimbMix shards (and the val shard)",
+                      [launch_command(hw, "dataset", ["-n", min(8, n_all), *_extra(extra, "data")], False)],
+                      artifacts=("base_data/shard_*.parquet",)),
+                Stage("data_rest", f"download the other shards ({n_all} in all) in the background",
+                      [launch_command(hw, "dataset", ["-n", n_all, *_extra(extra, "data")], False)],
+                      background=True, enabled=n_all > 8, note="" if n_all > 8 else "8 shards are enough")]
+    return [Stage("data", f"write the embedded synthetic corpus ({s['corpus_chars']:,.0f} chars)",
+                  [launch_command(hw, "dataset", ["--synthetic", "--chars", f"{s['corpus_chars']:g}", "--shard-chars",
+                                                  f"{s['shard_chars']:g}", "-w", min(4, hw.cpus), *_extra(extra, "data")], False)],
+                  artifacts=("base_data/shard_*.parquet",)),
+            Stage("data_rest", "download the other shards", enabled=False, note="the synthetic corpus is written at once")]
+
 def build_stages(s: dict, hw: Hardware, base_dir, extra: dict | None = None, force: bool = False,
                  eval_bundle: str | None = None, tasks_dir: str | None = None, run: str = "dummy") -> list[Stage]:
     "The stages of a run with settings `s` on `hw`: commands, dependencies, artifacts (estimates are added by `estimate_stages`)."
@@ -202,23 +207,7 @@ def build_stages(s: dict, hw: Hardware, base_dir, extra: dict | None = None, for
     L = lambda module, args, key, dist=True: launch_command(hw, module, [*args, *_extra(extra, key)], dist)
     resume = [] if force else ["--resume"]
     seed = ["--seed", s["seed"]] if s.get("seed", 42) != 42 else []   # 42 is every script's default: commands stay as they were
-    st = []
-    # data: the synthetic corpus, or the tokenizer's 8 shards now and the rest in the background
-    if s["gpu"]:
-        n_all = shards_needed(model_plan(s["depth"], s["ratio"], s["vocab_size"], s["max_seq_len"], s["window_pattern"],
-                                         s["device_batch_size"], hw.world_size, s["total_batch_size"], s["num_iterations"])["tokens"])
-        st.append(Stage("data", "download the tokenizer's 8 ClimbMix shards (and the val shard)",
-                        [launch_command(hw, "dataset", ["-n", min(8, n_all), *_extra(extra, "data")], False)],
-                        artifacts=("base_data/shard_*.parquet",)))
-        st.append(Stage("data_rest", f"download the other shards ({n_all} in all) in the background",
-                        [launch_command(hw, "dataset", ["-n", n_all, *_extra(extra, "data")], False)],
-                        background=True, enabled=n_all > 8, note="" if n_all > 8 else "8 shards are enough"))
-    else:
-        st.append(Stage("data", f"write the embedded synthetic corpus ({s['corpus_chars']:,.0f} chars)",
-                        [launch_command(hw, "dataset", ["--synthetic", "--chars", f"{s['corpus_chars']:g}", "--shard-chars",
-                                                        f"{s['shard_chars']:g}", "-w", min(4, hw.cpus), *_extra(extra, "data")], False)],
-                        artifacts=("base_data/shard_*.parquet",)))
-        st.append(Stage("data_rest", "download the other shards", enabled=False, note="the synthetic corpus is written at once"))
+    st = _data_stages(s, hw, extra)
     tok = ["--vocab-size", s["vocab_size"]] + (["--max-chars", f"{s['tok_chars']:g}"] if "tok_chars" in s else [])
     st.append(Stage("tok_train", f"train the {s['vocab_size']:,}-token BPE tokenizer", [L("tok_train", tok, "tok_train", False)], deps=("data",),
                     artifacts=("tokenizer/tokenizer.pkl", "tokenizer/token_bytes.pt")))
@@ -427,7 +416,7 @@ def _count(n: float) -> str:
         if abs(n) >= k: return f"{n / k:,.1f}{unit}"
     return f"{n:g}"
 
-def format_plan(stages: list[Stage], s: dict, hw: Hardware, plan: dict, base_dir, selected=None) -> str:
+def format_run_plan(stages: list[Stage], s: dict, hw: Hardware, plan: dict, base_dir, selected=None) -> str:
     "The dry run: hardware, model, and each stage's status, estimate, cost and command."
     selected = selected if selected is not None else [st.name for st in stages if st.enabled]
     lines = [f"speedrun preset {s['preset']}: {s['about']}",
@@ -471,7 +460,7 @@ def _signal_group(proc, sig):
     try: os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError): pass
 
-def run_command(cmd: list[str], log_path, env: dict, echo=print, prefix: str = "") -> None:
+def run_stage_command(cmd: list[str], log_path, env: dict, echo=print, prefix: str = "") -> None:
     """Run `cmd`, appending its output to `log_path` and passing each line to `echo`; a StageError if it fails.
     The child runs in its own process group and dies with the runner: SIGKILL (the kernel's parent-death signal),
     SIGTERM (forwarded to the group), Ctrl-C (SIGINT forwarded, so a training script saves its resume hint)."""
@@ -556,7 +545,7 @@ def run_stages(stages: list[Stage], selected: list[str], base_dir, hw: Hardware,
             if st.name == "report":
                 path = (report or write_report)(base_dir, hw)
                 echo(f"[report] written to {path}")
-            for cmd in st.commands: run_command(cmd, logs / f"{st.name}.log", env, child_echo, f"[{st.name}] ")
+            for cmd in st.commands: run_stage_command(cmd, logs / f"{st.name}.log", env, child_echo, f"[{st.name}] ")
             miss = missing_artifacts(st, base_dir) if hw.node_rank == 0 else []
             if miss: raise StageError(f"{st.name} exited cleanly but left no {', '.join(miss)} under {base_dir}; see {logs / (st.name + '.log')}")
             if hw.node_rank == 0: write_marker(base_dir, st, t0, time.time() - t0, stage_figures(st.name, base_dir))
@@ -947,7 +936,7 @@ def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (defau
         if preflight: return dict(settings=s, preflight=True)
     selected = select_stages(stages, from_stage, only)
     if hw.node_rank > 0: selected = [n for n in selected if n in DISTRIBUTED_STAGES]
-    print(format_plan(stages, s, hw, plan, base, selected))
+    print(format_run_plan(stages, s, hw, plan, base, selected))
     if dry_run: return dict(settings=s, stages=stages, plan=plan, selected=selected)
     if not s["gpu"]: prepare_offline_inputs(base)
     typed = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("speedrun.py", "nanochat-speedrun") else ["--preset", s["preset"]]

@@ -16,7 +16,8 @@ from .tokenizer import Tokenizer, get_tokenizer
 
 # %% auto #0
 __all__ = ['SAMPLE_TEXTS', 'REFERENCES', 'REFERENCE_COPIES', 'bytes_per_token', 'tiktoken_cache_dir', 'seed_tiktoken_cache',
-           'reference_tokenizers', 'evaluate_tokenizers', 'TokEvalConfig', 'format_table', 'evaluate', 'main']
+           'reference_tokenizers', 'evaluate_tokenizers', 'TokEvalConfig', 'format_compression_table', 'evaluate',
+           'main']
 
 # %% ../nbs/01b_tok_eval.ipynb #0424f4be
 SAMPLE_TEXTS = {
@@ -117,7 +118,7 @@ class TokEvalConfig:
     def __post_init__(self):
         if self.shard_chars < 1: raise ValueError(f"--shard-chars {self.shard_chars}: must be at least 1")
 
-def format_table(res: dict, texts: dict, toks: dict) -> str:
+def format_compression_table(res: dict, texts: dict, toks: dict) -> str:
     "The bytes-per-token table, with our gain or loss against each reference in percent."
     names = [n for n, t in toks.items() if isinstance(t, Tokenizer)]
     lines = [f"bytes per token (higher is better); ours: {toks['ours'].get_vocab_size():,} ids"
@@ -142,7 +143,7 @@ def evaluate(cfg: TokEvalConfig | None = None, **overrides) -> dict:
     for name, t in toks.items():
         if not isinstance(t, Tokenizer): print0(f"{name}: {t}")
     res = evaluate_tokenizers(toks, texts)
-    print0(format_table(res, texts, toks))
+    print0(format_compression_table(res, texts, toks))
     return res
 
 @script

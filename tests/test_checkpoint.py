@@ -41,7 +41,7 @@ def test_older_nanochat_checkpoint_loads_as_the_model_it_was(tmp_path, capsys):
     "A checkpoint without resid_lambdas/x0_lambdas (older nanochat) loads with 1.0 and 0.0, and gives that model's logits."
     import torch
     from dataclasses import asdict
-    from nanochat_nb.checkpoint import build_model, save_checkpoint
+    from nanochat_nb.checkpoint import model_from_checkpoint, save_checkpoint
     from nanochat_nb.gpt import GPTConfig, build_model as new_model
     from nanochat_nb.tokenizer import Tokenizer
     tok = Tokenizer.from_merges([bytes([i]) for i in range(256)])
@@ -52,7 +52,7 @@ def test_older_nanochat_checkpoint_loads_as_the_model_it_was(tmp_path, capsys):
     with torch.no_grad(): m.resid_lambdas.fill_(1.0); m.x0_lambdas.fill_(0.0)
     sd = {k: v for k, v in m.state_dict().items() if k not in ("resid_lambdas", "x0_lambdas")}
     save_checkpoint(tmp_path / "ck", 5, sd, None, dict(step=5, model_config=asdict(cfg), tokenizer_dir=str(tmp_path / "tok")))
-    loaded, _, _ = build_model(tmp_path / "ck", 5, "cpu")
+    loaded, _, _ = model_from_checkpoint(tmp_path / "ck", 5, "cpu")
     assert "predates resid_lambdas, x0_lambdas" in capsys.readouterr().out
     ids = torch.randint(0, 256, (1, 16))
     with torch.no_grad(): assert torch.allclose(loaded(ids), m.eval()(ids), atol=1e-5)
