@@ -101,3 +101,23 @@ def test_chapters_and_their_exercises_link_to_each_other():
         for sheet in sheets:
             text = (ROOT / "course" / "exercises" / sheet).read_text()
             assert f"(../../nbs/{nb.name})" in text, f"course/exercises/{sheet} does not link back to {nb.name}"
+
+
+def test_syllabus_reading_times_are_the_measured_ones():
+    "The syllabus's reading minutes (core rows, deep dives, the core total) agree with `bench course` to two minutes."
+    from nanochat_nb.course_stats import chapter_time
+    text = (ROOT / "course" / "syllabus.md").read_text()
+    measured = {p.stem: chapter_time(p) for p in NBS}
+    core_rows = dict(re.findall(r"^\| (\w+) \| [^|]+ \| [^|]+ \| (\d+) min \| about 1 h \|", text, re.M))
+    groups = {}
+    for stem, t in measured.items():
+        if t.deep_dive: continue
+        key = stem.split("_")[0]
+        key = key if key in core_rows else key.rstrip("abcdefghijklmnopqrstuvwxyz")
+        assert key in core_rows, f"core chapter {stem} has no row in the syllabus's core path"
+        groups[key] = groups.get(key, 0) + t.minutes
+    for key, stated in core_rows.items(): assert abs(int(stated) - groups.get(key, 0)) <= 2, (key, stated, groups.get(key))
+    for stem, stated in re.findall(r"\]\(\.\./nbs/(\w+)\.ipynb\) \| (\d+) min \|", text):
+        assert measured[stem].deep_dive and abs(int(stated) - measured[stem].minutes) <= 2, (stem, stated)
+    h, m = map(int, re.search(r"The core path is \*\*(\d+) h (\d+) min\*\*", text).groups())
+    assert abs(60 * h + m - sum(t.minutes for t in measured.values() if not t.deep_dive)) <= 2
