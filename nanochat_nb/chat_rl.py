@@ -26,7 +26,7 @@ from .recipe import inherited_settings
 # %% auto #0
 __all__ = ['RL_TASKS', 'ARITH_LEVELS', 'ARITH_REWARDS', 'group_advantages', 'rollout_tensors', 'policy_gradient_loss',
            'pass_at_k', 'ArithmeticRL', 'ChatRecall', 'RLMixture', 'rl_tasks', 'rollout_seed', 'sample_rollouts',
-           'evaluate_pass_at_k', 'rl_lr_multiplier', 'train_rl', 'main']
+           'evaluate_pass_at_k', 'rl_lr_multiplier', 'RLRun', 'train_rl', 'main']
 
 # %% ../nbs/11_rl.ipynb #ad7c45b9
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -220,6 +220,140 @@ def _warm_start(optimizer, src_dir, src_step, src_meta, world_size, rank, device
     except (KeyError, ValueError, RuntimeError) as e:
         print0(f"the source optimizer state does not fit ({e}); the optimizer starts fresh")
 
+class RLRun:
+    "One RL run, `train_rl`'s arguments as attributes: the named steps `run` takes (check, source, setup, then evaluate, save and a policy step per step)."
+    def __init__(self, user_config: dict):
+        self.user_config = dict(user_config)                                 # stored in every checkpoint's meta
+        self.__dict__.update({("run_name" if k == "run" else k): v for k, v in user_config.items()})
+
+    def check(self):
+        "Every flag that cannot work, in one line naming it."
+        if self.source not in ("base", "mid", "sft", "rl"): raise ValueError(f"--source {self.source!r}: choose sft (usual), mid, base or rl")
+        for name in ("examples_per_step", "num_samples", "max_new_tokens", "device_batch_size", "eval_examples", "pass_k"):
+            if getattr(self, name) < 1: raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if self.num_steps == 0 or self.num_steps < -1: raise ValueError(f"--num-steps {self.num_steps} must be >= 1 (or -1: one epoch)")
+        if self.temperature <= 0: raise ValueError(f"--temperature {self.temperature} must be > 0: RL needs different answers to compare")
+        if self.top_k < 0: raise ValueError(f"--top-k {self.top_k} must be >= 0 (0: the whole vocabulary)")
+        if self.init_lr_frac <= 0: raise ValueError(f"--init-lr-frac {self.init_lr_frac} must be > 0")
+        if self.num_samples % self.device_batch_size:
+            raise ValueError(f"--num-samples {self.num_samples} must be a multiple of --device-batch-size {self.device_batch_size}")
+
+    def find_source(self):
+        "The checkpoint RL starts from (folder, tag, step), with errors that name the command that trains one."
+        src_root = checkpoints_root(self.source, self.base_dir)
+        hint = dict(base="base_train", mid="chat_sft --stage mid", sft="chat_sft", rl="chat_rl")[self.source]
+        try: self.model_tag = self.model_tag or find_largest_model(src_root)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"no {self.source} checkpoint in {src_root}: train one first (python -m nanochat_nb.{hint})") from e
+        self.src_dir = src_root / self.model_tag
+        steps = list_steps(self.src_dir)
+        if not steps: raise FileNotFoundError(f"no {self.source} checkpoint in {self.src_dir}: train one first (python -m nanochat_nb.{hint})")
+        if self.step >= 0 and self.step not in steps:
+            raise FileNotFoundError(f"--step {self.step}: no checkpoint step {self.step} in {self.src_dir}; complete steps there: {steps}")
+        self.src_step = steps[-1] if self.step < 0 else self.step
+
+    def setup(self):
+        "Process group, model, optimizer (warm-started, at a fraction of the source's rates), engine, output folder, logging."
+        self.ddp, self.rank, _, self.world_size, self.device = compute_init(self.device_type or autodetect_device_type(), self.seed)
+        self.master = self.rank == 0
+        if self.examples_per_step % self.world_size:
+            raise ValueError(f"--examples-per-step {self.examples_per_step} must be a multiple of the number of ranks ({self.world_size})")
+        self.per_rank = self.examples_per_step // self.world_size
+        if self.num_steps == -1: self.num_steps = max(1, len(self.train_task) // self.examples_per_step)
+        self.model, self.tokenizer, self.src_meta = model_from_checkpoint(self.src_dir, self.src_step, self.device, "train")
+        m = self.src_meta
+        self.lrs = inherited_settings(m) if "max_seq_len" in m else dict(
+            embedding_lr=0.3, unembedding_lr=0.008, matrix_lr=0.02, scalar_lr=0.5)      # a bare checkpoint: the base flags
+        s = self.lrs
+        groups = self.model.optimizer_groups(s["unembedding_lr"], s["embedding_lr"], s["matrix_lr"], self.weight_decay, scalar_lr=s["scalar_lr"])
+        self.optimizer = make_optimizer(groups, self.world_size)
+        _warm_start(self.optimizer, self.src_dir, self.src_step, m, self.world_size, self.rank, self.device, self.reset_optimizer)
+        for g in self.optimizer.param_groups: g["initial_lr"] = g["lr"] * self.init_lr_frac
+        self.engine = Engine(self.model, self.tokenizer)
+        self.out_dir = checkpoints_root("rl", self.base_dir) / (self.output_tag or self.model_tag)
+        self.passes = self.num_samples // self.device_batch_size
+        what = f"arithmetic, {self.arith_level}, {self.arith_reward} reward" if self.task == "arithmetic" else self.task
+        print0(f"rl: {self.source} model {self.model_tag} step {self.src_step} -> {self.out_dir}; task {what} ({len(self.train_task):,} train, "
+               f"{min(self.eval_examples, len(self.val_task))} eval questions); {self.num_steps} steps of {self.examples_per_step} questions x "
+               f"{self.num_samples} answers = {self.examples_per_step * self.num_samples} sequences ({self.per_rank} question(s) per rank, "
+               f"{self.world_size} rank(s))")
+        self.wandb_run = init_wandb(self.run_name, config=self.user_config, master_process=self.master)
+        if self.master: self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.mine = itertools.cycle(range(self.rank, len(self.train_task), self.world_size))
+
+    def evaluate(self, stp: int, rec: dict):
+        "pass@1 and pass@k on held-out questions, into the step's record."
+        self.model.eval()
+        e = self.last_eval = evaluate_pass_at_k(self.engine, self.tokenizer, self.val_task, self.eval_examples,
+                                                max(self.pass_k, self.device_batch_size), self.pass_k, self.device_batch_size,
+                                                self.max_new_tokens, self.temperature, self.top_k or None, self.seed, self.rank, self.world_size)
+        rec.update({"pass@1": e["pass@1"], "pass@k": e["pass@k"], "k": self.pass_k, "eval_reward": e["mean_reward"]})
+        print0(f"step {stp:05d} | pass@1 {e['pass@1']:.4f} | pass@{self.pass_k} {e['pass@k']:.4f} ({e['questions']} questions)")
+
+    def save(self, stp: int, history: list):
+        "A checkpoint of the policy, with the history so far and what a later stage inherits."
+        cfg, m = self.model.config, self.src_meta
+        save_checkpoint(self.out_dir, stp, self.model.state_dict(), None, dict(
+            step=stp, model_config=asdict(cfg), source=dict(phase=self.source, model_tag=self.model_tag, step=self.src_step),
+            task=self.task, history=history, user_config=self.user_config, tokenizer_dir=m.get("tokenizer_dir"),
+            device_batch_size=m.get("device_batch_size", self.device_batch_size),
+            max_seq_len=m.get("max_seq_len", cfg.sequence_len), total_batch_size=m.get("total_batch_size"),
+            learning_rates={k: self.lrs[k] for k in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")},
+            world_size=self.world_size), rank=self.rank)
+
+    def policy_step(self, stp: int, rec: dict):
+        "Rollouts for this rank's questions, then one accumulated policy-gradient step; its figures into the record."
+        t0 = time.perf_counter()
+        rollouts, questions = [], [next(self.mine) for _ in range(self.per_rank)]
+        for q_idx in questions:
+            self.model.eval()
+            rollouts.append(sample_rollouts(self.engine, self.tokenizer, self.train_task, q_idx, self.num_samples, self.device_batch_size,
+                                            self.max_new_tokens, self.temperature, self.top_k or None, self.seed, stp, self.device))
+        self.model.train()
+        for ro in rollouts:
+            for b0 in range(0, self.num_samples, self.device_batch_size):
+                sl = slice(b0, b0 + self.device_batch_size)
+                policy_gradient_loss(self.model, ro["inputs"][sl], ro["targets"][sl], ro["advantages"][sl], self.passes * self.per_rank).backward()
+        lrm = rl_lr_multiplier(stp, self.num_steps)
+        for g in self.optimizer.param_groups: g["lr"] = g["initial_lr"] * lrm
+        self.optimizer.step()
+        self.model.zero_grad(set_to_none=True)
+        rewards = [r for part in all_gather_objects([v for ro in rollouts for v in ro["rewards"].tolist()]) for r in part]
+        lengths = [n for part in all_gather_objects([len(sq) - ro["prompt_len"] for ro in rollouts for sq in ro["sequences"]]) for n in part]
+        rec.update(mean_reward=sum(rewards) / len(rewards), mean_length=sum(lengths) / len(lengths), lrm=lrm,
+                   lr=next(g["lr"] for g in self.optimizer.param_groups if g.get("kind") == "muon"), dt=time.perf_counter() - t0,
+                   questions=all_gather_objects(questions))
+        if self.log_every > 0 and stp % self.log_every == 0:
+            print0(f"step {stp:05d}/{self.num_steps} | mean reward {rec['mean_reward']:.4f} | answer length {rec['mean_length']:.1f} "
+                   f"| lrm {lrm:.3f} | dt {rec['dt']:.2f}s")
+
+    def run(self) -> dict:
+        "Check, find the source, set up, then num_steps policy steps with evaluations and checkpoints between them."
+        self.check()
+        self.train_task, self.val_task = rl_tasks(self.task, self.tasks_dir, self.arith_size, self.arith_level, self.arith_reward)
+        self.find_source()
+        self.setup()
+        history, self.last_eval, t_start, in_sync = [], None, time.time(), None
+        for stp in range(self.num_steps + 1):
+            last, rec = stp == self.num_steps, {"step": stp}
+            if last or stp == 0 or (self.eval_every > 0 and stp % self.eval_every == 0): self.evaluate(stp, rec)
+            if last:
+                fp = all_gather_objects(_weights_fingerprint(self.model))
+                in_sync = all(f == fp[0] for f in fp)
+                print0(f"weights {'identical' if in_sync else 'DIFFER'} across {self.world_size} rank(s)")
+            if last or (self.save_every > 0 and stp > 0 and stp % self.save_every == 0): self.save(stp, history + ([rec] if last else []))
+            if not last: self.policy_step(stp, rec)
+            history.append(rec)
+            if last: break
+            self.wandb_run.log({k: v for k, v in rec.items() if k != "questions"}, step=stp)
+        self.wandb_run.finish()
+        if self.master:
+            with open(self.out_dir / "history.jsonl", "w") as f: f.writelines(json.dumps(r) + "\n" for r in history)
+        print0(f"done: {self.num_steps} RL steps in {time.time() - t_start:.0f}s, checkpoint in {self.out_dir}")
+        compute_cleanup()
+        return dict(history=history, checkpoint_dir=str(self.out_dir), final_step=self.num_steps, weights_in_sync=in_sync,
+                    final_eval=self.last_eval, world_size=self.world_size)
+
 def train_rl(source: str = "sft", model_tag: str | None = None, step: int = -1, output_tag: str | None = None,
              task: str = "gsm8k", num_steps: int = -1, examples_per_step: int = 16, num_samples: int = 16,
              max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 50, device_batch_size: int = 8,
@@ -229,118 +363,8 @@ def train_rl(source: str = "sft", model_tag: str | None = None, step: int = -1, 
              tasks_dir: str | None = None, base_dir: str | None = None,
              log_every: int = 1, seed: int = 42) -> dict:
     "Reinforcement learning on a task with a checkable answer (see `main` for the arguments); returns a summary."
-    user_config = {k: v for k, v in locals().items()}
-    if source not in ("base", "mid", "sft", "rl"): raise ValueError(f"--source {source!r}: choose sft (usual), mid, base or rl")
-    for name, v in dict(examples_per_step=examples_per_step, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                        device_batch_size=device_batch_size, eval_examples=eval_examples, pass_k=pass_k).items():
-        if v < 1: raise ValueError(f"--{name.replace('_', '-')} {v} must be >= 1")
-    if num_steps == 0 or num_steps < -1: raise ValueError(f"--num-steps {num_steps} must be >= 1 (or -1: one epoch)")
-    if temperature <= 0: raise ValueError(f"--temperature {temperature} must be > 0: RL needs different answers to compare")
-    if top_k < 0: raise ValueError(f"--top-k {top_k} must be >= 0 (0: the whole vocabulary)")
-    if init_lr_frac <= 0: raise ValueError(f"--init-lr-frac {init_lr_frac} must be > 0")
-    if num_samples % device_batch_size:
-        raise ValueError(f"--num-samples {num_samples} must be a multiple of --device-batch-size {device_batch_size}")
-    train_task, val_task = rl_tasks(task, tasks_dir, arith_size, arith_level, arith_reward)
-    src_root = checkpoints_root(source, base_dir)
-    hint = dict(base="base_train", mid="chat_sft --stage mid", sft="chat_sft", rl="chat_rl")[source]
-    try: model_tag = model_tag or find_largest_model(src_root)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"no {source} checkpoint in {src_root}: train one first (python -m nanochat_nb.{hint})") from e
-    src_dir = src_root / model_tag
-    steps = list_steps(src_dir)
-    if not steps: raise FileNotFoundError(f"no {source} checkpoint in {src_dir}: train one first (python -m nanochat_nb.{hint})")
-    if step >= 0 and step not in steps:
-        raise FileNotFoundError(f"--step {step}: no checkpoint step {step} in {src_dir}; complete steps there: {steps}")
-    src_step = steps[-1] if step < 0 else step
-    device_type = device_type or autodetect_device_type()
-    ddp, rank, local_rank, world_size, device = compute_init(device_type, seed)
-    master = rank == 0
-    if examples_per_step % world_size:
-        raise ValueError(f"--examples-per-step {examples_per_step} must be a multiple of the number of ranks ({world_size})")
-    per_rank = examples_per_step // world_size
-    if num_steps == -1: num_steps = max(1, len(train_task) // examples_per_step)
-    model, tokenizer, src_meta = model_from_checkpoint(src_dir, src_step, device, "train")
-    cfg = model.config
-    s = inherited_settings(src_meta) if "max_seq_len" in src_meta else dict(
-        embedding_lr=0.3, unembedding_lr=0.008, matrix_lr=0.02, scalar_lr=0.5)      # a bare checkpoint: the base flags
-    groups = model.optimizer_groups(s["unembedding_lr"], s["embedding_lr"], s["matrix_lr"], weight_decay, scalar_lr=s["scalar_lr"])
-    optimizer = make_optimizer(groups, world_size)
-    _warm_start(optimizer, src_dir, src_step, src_meta, world_size, rank, device, reset_optimizer)
-    for g in optimizer.param_groups: g["initial_lr"] = g["lr"] * init_lr_frac
-    engine = Engine(model, tokenizer)
-    out_dir = checkpoints_root("rl", base_dir) / (output_tag or model_tag)
-    tokenizer_dir = src_meta.get("tokenizer_dir")
-    passes = num_samples // device_batch_size
-    what = f"arithmetic, {arith_level}, {arith_reward} reward" if task == "arithmetic" else task
-    print0(f"rl: {source} model {model_tag} step {src_step} -> {out_dir}; task {what} ({len(train_task):,} train, "
-           f"{min(eval_examples, len(val_task))} eval questions); {num_steps} steps of {examples_per_step} questions x "
-           f"{num_samples} answers = {examples_per_step * num_samples} sequences ({per_rank} question(s) per rank, {world_size} rank(s))")
-    wandb_run = init_wandb(run, config=user_config, master_process=master)
-    if master: out_dir.mkdir(parents=True, exist_ok=True)
+    return RLRun(dict(locals())).run()
 
-    mine = itertools.cycle(range(rank, len(train_task), world_size))
-    history, last_eval, t_start = [], None, time.time()
-    for stp in range(num_steps + 1):
-        last = stp == num_steps
-        rec = {"step": stp}
-        if last or stp == 0 or (eval_every > 0 and stp % eval_every == 0):
-            model.eval()
-            last_eval = evaluate_pass_at_k(engine, tokenizer, val_task, eval_examples, max(pass_k, device_batch_size), pass_k,
-                                           device_batch_size, max_new_tokens, temperature, top_k or None, seed, rank, world_size)
-            rec.update({"pass@1": last_eval["pass@1"], "pass@k": last_eval["pass@k"], "k": pass_k,
-                        "eval_reward": last_eval["mean_reward"]})
-            print0(f"step {stp:05d} | pass@1 {last_eval['pass@1']:.4f} | pass@{pass_k} {last_eval['pass@k']:.4f} "
-                   f"({last_eval['questions']} questions)")
-        if last or (save_every > 0 and stp > 0 and stp % save_every == 0):
-            if last:
-                fp = all_gather_objects(_weights_fingerprint(model))
-                in_sync = all(f == fp[0] for f in fp)
-                print0(f"weights {'identical' if in_sync else 'DIFFER'} across {world_size} rank(s)")
-            history_out = history + ([rec] if last else [])
-            save_checkpoint(out_dir, stp, model.state_dict(), None, dict(
-                step=stp, model_config=asdict(cfg), source=dict(phase=source, model_tag=model_tag, step=src_step),
-                task=task, history=history_out, user_config=user_config, tokenizer_dir=tokenizer_dir,
-                device_batch_size=src_meta.get("device_batch_size", device_batch_size),
-                max_seq_len=src_meta.get("max_seq_len", cfg.sequence_len), total_batch_size=src_meta.get("total_batch_size"),
-                learning_rates={k: s[k] for k in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")},
-                world_size=world_size), rank=rank)
-        if last:
-            history.append(rec)
-            break
-
-        # rollouts for this rank's questions, then one accumulated policy-gradient step
-        t0 = time.perf_counter()
-        rollouts, questions = [], [next(mine) for _ in range(per_rank)]
-        for q_idx in questions:
-            model.eval()
-            rollouts.append(sample_rollouts(engine, tokenizer, train_task, q_idx, num_samples, device_batch_size,
-                                            max_new_tokens, temperature, top_k or None, seed, stp, device))
-        model.train()
-        for ro in rollouts:
-            for b0 in range(0, num_samples, device_batch_size):
-                sl = slice(b0, b0 + device_batch_size)
-                loss = policy_gradient_loss(model, ro["inputs"][sl], ro["targets"][sl], ro["advantages"][sl], passes * per_rank)
-                loss.backward()
-        lrm = rl_lr_multiplier(stp, num_steps)
-        for g in optimizer.param_groups: g["lr"] = g["initial_lr"] * lrm
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
-        rewards = [r for part in all_gather_objects([v for ro in rollouts for v in ro["rewards"].tolist()]) for r in part]
-        lengths = [n for part in all_gather_objects([len(sq) - ro["prompt_len"] for ro in rollouts for sq in ro["sequences"]]) for n in part]
-        rec.update(mean_reward=sum(rewards) / len(rewards), mean_length=sum(lengths) / len(lengths), lrm=lrm,
-                   lr=next(g["lr"] for g in optimizer.param_groups if g.get("kind") == "muon"), dt=time.perf_counter() - t0, questions=all_gather_objects(questions))
-        history.append(rec)
-        if log_every > 0 and stp % log_every == 0:
-            print0(f"step {stp:05d}/{num_steps} | mean reward {rec['mean_reward']:.4f} | answer length {rec['mean_length']:.1f} "
-                   f"| lrm {lrm:.3f} | dt {rec['dt']:.2f}s")
-        wandb_run.log({k: v for k, v in rec.items() if k != "questions"}, step=stp)
-    wandb_run.finish()
-    if master:
-        with open(out_dir / "history.jsonl", "w") as f: f.writelines(json.dumps(r) + "\n" for r in history)
-    print0(f"done: {num_steps} RL steps in {time.time() - t_start:.0f}s, checkpoint in {out_dir}")
-    compute_cleanup()
-    return dict(history=history, checkpoint_dir=str(out_dir), final_step=num_steps, weights_in_sync=in_sync,
-                final_eval=last_eval, world_size=world_size)
 
 # %% ../nbs/11_rl.ipynb #a72ac5be
 @script

@@ -316,20 +316,8 @@ def _context_len(engine) -> int:
 
 ROUTES = "GET /, GET /health, GET /stats, POST /chat/completions, GET /v1/models, POST /v1/chat/completions"
 
-def create_app(engines: list, model_name: str = "nanochat_nb", limits: ChatLimits | None = None, temperature: float = 0.8,
-               top_k: int = 50, max_tokens: int = 512, access_log=None) -> FastAPI:
-    "The FastAPI app serving `engines` (one replica each): the page, nanochat's API, OpenAI's API, /health and /stats."
-    limits = limits or ChatLimits()
-    app = FastAPI(title="nanochat_nb", docs_url=None, redoc_url=None, openapi_url=None)
-    pool = ReplicaPool(engines, limits.max_queue)
-    log = AccessLog(access_log) if access_log is not None else None
-    app.state.pool, app.state.limits, app.state.model_name, app.state.access_log = pool, limits, model_name, log
-    if log: app.add_middleware(AccessLogMiddleware, log=log)
-    tokenizer, context = engines[0].tokenizer, min(_context_len(e) for e in engines)
-    page = (CHAT_PAGE.replace("__TEMPERATURE__", str(temperature)).replace("__TOP_K__", str(top_k))
-            .replace("__MAX_TOKENS__", str(max_tokens)).replace("__MAX_MAX_TOKENS__", str(limits.max_max_tokens))
-            .replace("__MODEL__", model_name))
-
+def _add_error_handlers(app: FastAPI):
+    "Every error as JSON in OpenAI's shape: bad requests, unknown paths and methods, and bugs (with no traceback to the client)."
     @app.exception_handler(RequestError)
     async def _bad_request(request: Request, e: RequestError): return JSONResponse(e.body(), status_code=e.status)
 
@@ -344,6 +332,70 @@ def create_app(engines: list, model_name: str = "nanochat_nb", limits: ChatLimit
     @app.exception_handler(Exception)
     async def _server_error(request: Request, e: Exception):                # a bug: still JSON, and no traceback to the client
         return JSONResponse(RequestError(f"internal server error ({type(e).__name__})", None, 500, "server_error").body(), 500)
+
+def _openai_generation(pool, prompt: list, req, model_name: str):
+    "A generation and what every OpenAI answer about it carries: the response head, the tool-call id prefix, usage, finish reason."
+    g, cid = Generation(pool, prompt, req), "chatcmpl-" + uuid.uuid4().hex[:24]
+    head = {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name}
+    usage = lambda: {"prompt_tokens": len(prompt), "completion_tokens": len(g.tokens), "total_tokens": len(prompt) + len(g.tokens)}
+    finish = lambda: "length" if g.finish_reason == "length" else "stop"
+    return g, head, f"call_{cid[-8:]}_", usage, finish
+
+async def _openai_message(request: Request, pool, prompt: list, req, model_name: str) -> dict:
+    "One `chat.completion` at the end (tool calls also as `tool_calls`); generation stops if the client leaves."
+    g, head, calls_id, usage, finish = _openai_generation(pool, prompt, req, model_name)
+    async def watch():
+        while not await request.is_disconnected(): await asyncio.sleep(0.1)
+        g.stop.set()
+    watcher = asyncio.create_task(watch())
+    try: text = "".join([p async for p in g.pieces()])
+    finally: watcher.cancel()
+    message = {"role": "assistant", "content": text}
+    if calls := tool_calls(text, prefix=calls_id): message["tool_calls"] = calls
+    return {**head, "usage": usage(), "choices": [{"index": 0, "message": message, "finish_reason": finish(), "logprobs": None}]}
+
+def _openai_stream(pool, prompt: list, req, model_name: str) -> StreamingResponse:
+    "`chat.completion.chunk` events as tokens arrive, tool calls as deltas once complete, usage at the end when asked, then [DONE]."
+    g, head, calls_id, usage, finish = _openai_generation(pool, prompt, req, model_name)
+    head = {**head, "object": "chat.completion.chunk"}
+    chunk = lambda delta, fr=None: sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": fr, "logprobs": None}]})
+    async def events():
+        text, sent = "", 0
+        def new_calls(final):                                     # calls completed since the last chunk, as deltas
+            nonlocal sent
+            calls = tool_calls(text, final, calls_id)[sent:]
+            sent += len(calls)
+            return [chunk({"tool_calls": [{"index": sent - len(calls) + j, **c} for j, c in enumerate(calls)]})] if calls else []
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            async for piece in g.pieces():
+                text += piece
+                yield chunk({"content": piece})
+                if "|>" in piece:
+                    for c in new_calls(False): yield c
+            for c in new_calls(True): yield c
+            yield chunk({}, finish())
+            if req.include_usage: yield sse({**head, "choices": [], "usage": usage()})
+        except RequestError as e: yield sse(e.body())
+        except Exception as e: yield sse({"error": {"message": f"generation failed: {e}", "type": "server_error"}})
+        yield sse("[DONE]")
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+def create_app(engines: list, model_name: str = "nanochat_nb", limits: ChatLimits | None = None, temperature: float = 0.8,
+               top_k: int = 50, max_tokens: int = 512, access_log=None) -> FastAPI:
+    "The FastAPI app serving `engines` (one replica each): the page, nanochat's API, OpenAI's API, /health and /stats."
+    limits = limits or ChatLimits()
+    app = FastAPI(title="nanochat_nb", docs_url=None, redoc_url=None, openapi_url=None)
+    pool = ReplicaPool(engines, limits.max_queue)
+    log = AccessLog(access_log) if access_log is not None else None
+    app.state.pool, app.state.limits, app.state.model_name, app.state.access_log = pool, limits, model_name, log
+    if log: app.add_middleware(AccessLogMiddleware, log=log)
+    tokenizer, context = engines[0].tokenizer, min(_context_len(e) for e in engines)
+    page = (CHAT_PAGE.replace("__TEMPERATURE__", str(temperature)).replace("__TOP_K__", str(top_k))
+            .replace("__MAX_TOKENS__", str(max_tokens)).replace("__MAX_MAX_TOKENS__", str(limits.max_max_tokens))
+            .replace("__MODEL__", model_name))
+
+    _add_error_handlers(app)
 
     async def prepare(request: Request, stream_default: bool):
         body = await read_body(request, limits.max_body_bytes)
@@ -388,47 +440,7 @@ def create_app(engines: list, model_name: str = "nanochat_nb", limits: ChatLimit
     @app.post("/v1/chat/completions")
     async def openai_chat(request: Request):
         req, prompt = await prepare(request, False)
-        g, cid, created = Generation(pool, prompt, req), "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
-        calls_id = f"call_{cid[-8:]}_"
-        usage = lambda: {"prompt_tokens": len(prompt), "completion_tokens": len(g.tokens), "total_tokens": len(prompt) + len(g.tokens)}
-        finish = lambda: "length" if g.finish_reason == "length" else "stop"
-        if not req.stream:                                             # one answer at the end; still stop if the client leaves
-            async def watch():
-                while not await request.is_disconnected(): await asyncio.sleep(0.1)
-                g.stop.set()
-            watcher = asyncio.create_task(watch())
-            try: text = "".join([p async for p in g.pieces()])
-            finally: watcher.cancel()
-            message = {"role": "assistant", "content": text}
-            if calls := tool_calls(text, prefix=calls_id): message["tool_calls"] = calls
-            return {"id": cid, "object": "chat.completion", "created": created, "model": model_name, "usage": usage(),
-                    "choices": [{"index": 0, "message": message, "finish_reason": finish(), "logprobs": None}]}
-        def chunk(delta, fr=None):
-            return sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": fr, "logprobs": None}]})
-        async def events():
-            text, sent = "", 0
-            def new_calls(final):                                     # calls completed since the last chunk, as deltas
-                nonlocal sent
-                calls = tool_calls(text, final, calls_id)[sent:]
-                sent += len(calls)
-                return [chunk({"tool_calls": [{"index": sent - len(calls) + j, **c} for j, c in enumerate(calls)]})] if calls else []
-            try:
-                yield chunk({"role": "assistant", "content": ""})
-                async for piece in g.pieces():
-                    text += piece
-                    yield chunk({"content": piece})
-                    if "|>" in piece:
-                        for c in new_calls(False): yield c
-                for c in new_calls(True): yield c
-                yield chunk({}, finish())
-                if req.include_usage:
-                    yield sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                               "choices": [], "usage": usage()})
-            except RequestError as e: yield sse(e.body())
-            except Exception as e: yield sse({"error": {"message": f"generation failed: {e}", "type": "server_error"}})
-            yield sse("[DONE]")
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return await _openai_message(request, pool, prompt, req, model_name) if not req.stream else _openai_stream(pool, prompt, req, model_name)
 
     return app
 
