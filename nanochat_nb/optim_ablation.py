@@ -11,7 +11,6 @@ import torch
 from .ablation import token_rows
 from .gpt import build_model, config_from_depth
 from .optim import MuonAdamW
-from .recipe import lr_multiplier
 
 # %% auto #0
 __all__ = ['VARIANTS', 'optimizer_for', 'gpt_bits_per_byte', 'train_with', 'sweep_adamw', 'compare_optimizers',
