@@ -4,20 +4,20 @@
 
 # %% ../nbs/03_muon.ipynb #92517874
 from __future__ import annotations
-import math, statistics, time
+import math
 
 import torch
 from torch import Tensor
 from fastcore.basics import patch
 
-from .common import autodetect_device_type, import_peer, mfu, print0
+from .common import print0
 from .gpt import GPT
 
 # %% auto #0
 __all__ = ['POLAR_EXPRESS_COEFFS', 'MUON_EPS', 'ADAMW_DEFAULTS', 'MUON_DEFAULTS', 'GROUP_KINDS', 'polar_express_coeffs',
            'polar_express', 'ortho_dtype', 'equilibrate_rows', 'orthogonalize', 'normuon_', 'second_moment_shape',
            'cautious_update_', 'muon_lr_scale', 'muon_update_', 'adamw_update_', 'check_param_group',
-           'muon_param_groups', 'MuonAdamW', 'd4_like_params', 'bench_optim', 'bench_train']
+           'muon_param_groups', 'MuonAdamW']
 
 # %% ../nbs/03_muon.ipynb #c91089ca
 POLAR_EXPRESS_COEFFS = [
@@ -242,75 +242,6 @@ class MuonAdamW(torch.optim.Optimizer):
             for k, v in state_dict["state"].get(i, {}).items():
                 if torch.is_tensor(v): self.state[p][k] = v.to(device=p.device, copy=True)
 
-# %% ../nbs/03_muon.ipynb #dc2da3bf
-def d4_like_params(n_embd: int = 256, n_layer: int = 4, vocab: int = 32768, device="cpu") -> dict[str, list[Tensor]]:
-    "Random tensors with the shapes of a GPT's parameters, split into 'matrix', 'embedding', 'lm_head' and 'scalar'."
-    C, g = n_embd, torch.Generator(device=device).manual_seed(0)
-    def r(*shape): return torch.randn(*shape, generator=g, device=device) * 0.02
-    H = max(1, C // 128)
-    mats = []
-    for i in range(n_layer):
-        mats += [r(C, C) for _ in range(4)] + [r(4 * C, C), r(C, 4 * C)]
-        if i % 2 == (n_layer - 1) % 2: mats.append(r(H, 12))
-    ve = [r(vocab, C) for i in range(n_layer) if i % 2 == (n_layer - 1) % 2]
-    return dict(matrix=mats, embedding=[r(vocab, C)] + ve, lm_head=[r(vocab, C)],
-                scalar=[r(n_layer), r(n_layer), r(1, 24), r(1), r(1)])
-
-def _optimizer_for(ps: dict) -> MuonAdamW:
-    return MuonAdamW([dict(kind="adamw", params=ps["embedding"], lr=0.3, betas=(0.8, 0.995)),
-                      dict(kind="adamw", params=ps["lm_head"], lr=0.008, betas=(0.8, 0.96)),
-                      dict(kind="adamw", params=ps["scalar"], lr=0.5, betas=(0.8, 0.95)),
-                      *muon_param_groups(ps["matrix"], lr=0.02, weight_decay=0.28)])
-
-def bench_optim(n_embd: int = 256,         # model width
-                n_layer: int = 4,          # number of layers
-                vocab: int = 32768,        # vocabulary size (embeddings and lm_head)
-                steps: int = 10,           # timed steps (after 2 warm-up steps)
-                threads: int = 2,          # CPU threads for PyTorch
-                device_type: str = ""):    # cuda|cpu|mps (empty: autodetect)
-    "Time MuonAdamW on d4-shaped parameters: stacked vs one-matrix-at-a-time Muon, fused vs plain AdamW, a full step."
-    from nanochat_nb.common import autodetect_device_type
-    torch.set_num_threads(threads)
-    device = torch.device(device_type or autodetect_device_type())
-    ps = d4_like_params(n_embd, n_layer, vocab, device)
-    everything = [p for v in ps.values() for p in v]
-    for p in everything: p.grad = torch.randn_like(p) * 1e-3
-    def sync():
-        if device.type == "cuda": torch.cuda.synchronize()
-    def timed(fn):
-        for _ in range(2): fn()
-        sync(); t0 = time.perf_counter()
-        for _ in range(steps): fn()
-        sync(); return (time.perf_counter() - t0) / steps
-    opt = _optimizer_for(ps)
-    muon_groups = [g for g in opt.param_groups if g["kind"] == "muon"]
-    adamw_groups = [g for g in opt.param_groups if g["kind"] == "adamw"]
-    loose = [{} for g in muon_groups for _ in g["params"]]
-    plain_states = [{} for g in adamw_groups for _ in g["params"]]
-    def per_matrix():   # the same update, k=1 stacks: what a loop over the matrices costs
-        states = iter(loose)
-        for g in muon_groups:
-            for p in g["params"]: muon_update_(p.unsqueeze(0), p.grad.unsqueeze(0).clone(), next(states), g)
-    def muon_stacked():
-        for g in muon_groups: opt._step_muon(g)
-    def adamw(fused):
-        states = iter(plain_states) if fused is False else (opt.state[p] for g in adamw_groups for p in g["params"])
-        for g in adamw_groups:
-            for p in g["params"]: adamw_update_(p, p.grad, next(states), g, fused=fused)
-    rows = [("muon, one matrix at a time", timed(per_matrix)), ("muon, stacked", timed(muon_stacked)),
-            ("adamw, plain fp32 math", timed(lambda: adamw(False))), ("adamw, fused where possible", timed(lambda: adamw(None))),
-            ("full MuonAdamW step", timed(opt.step))]
-    n_mat = sum(p.numel() for p in ps["matrix"]); n_all = sum(p.numel() for p in everything)
-    print(f"{device.type} ({threads} threads): {len(ps['matrix'])} matrices in {len(muon_groups)} shape groups "
-          f"({n_mat / 1e6:.2f}M params), {n_all / 1e6:.2f}M params in all")
-    print(f"{'what':<30}{'ms/step':>10}")
-    for what, dt in rows: print(f"{what:<30}{dt * 1e3:>10.2f}")
-    t = dict(zip(["per_matrix", "stacked", "adamw_plain", "adamw_fused", "full"], [dt for _, dt in rows]))
-    print(f"optim: full step {t['full'] * 1e3:.1f} ms on {device.type}; stacked Muon {t['stacked'] * 1e3:.1f} ms vs "
-          f"one-at-a-time {t['per_matrix'] * 1e3:.1f} ms ({t['per_matrix'] / t['stacked']:.2f}x); fused AdamW "
-          f"{t['adamw_fused'] * 1e3:.1f} ms vs plain {t['adamw_plain'] * 1e3:.1f} ms ({t['adamw_plain'] / t['adamw_fused']:.2f}x)")
-    return t
-
 # %% ../nbs/03_muon.ipynb #a1b2c3d4
 @patch
 def setup_optimizer(self: GPT, unembedding_lr: float = 0.008, embedding_lr: float = 0.3, matrix_lr: float = 0.02,
@@ -321,85 +252,3 @@ def setup_optimizer(self: GPT, unembedding_lr: float = 0.008, embedding_lr: floa
     opt = MuonAdamW(groups)
     for g in opt.param_groups: g.setdefault("initial_lr", g["lr"])
     return opt
-
-# %% ../nbs/03_muon.ipynb #182babce
-def _step_time(model, opt, idx, tg, sync) -> tuple[float, float, float]:
-    "Seconds of one training step: (forward + backward, optimizer, CPU time of this process)."
-    c0, t0 = time.process_time(), time.perf_counter()
-    model(idx, tg).backward(); sync()
-    t1 = time.perf_counter()
-    opt.step(); model.zero_grad(set_to_none=True); sync()
-    return t1 - t0, time.perf_counter() - t1, time.process_time() - c0
-
-def bench_train(depth: int = 4,              # transformer layers (the one-dial rule sets width and heads)
-                head_dim: int = 64,          # channels per attention head
-                seq_len: int = 512,          # tokens per row
-                batch_size: int = 8,         # rows per step
-                vocab_size: int = 32768,     # vocabulary size
-                window_pattern: str = "L",   # sliding-window pattern
-                steps: int = 4,              # timed steps per variant (after one warm-up step)
-                threads: int = 2,            # CPU threads for PyTorch
-                device: str = "",            # cpu, cuda or mps (default: autodetect)
-                optimizer: str = "muon",     # 'muon' (MuonAdamW, chapter 03) or 'adamw' (torch AdamW on every parameter)
-                compare: bool = True,        # also time the plain (unfused) logits + cross-entropy path
-                peer: str = ""):             # a nanochat checkout: also time nanochat's GPT and optimizer on the same shapes
-    "Training-step throughput (forward + backward + optimizer) of a small GPT, in tokens/s (and MFU on a GPU)."
-    device = device or autodetect_device_type()
-    if device == "cpu": torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = GPT.from_depth(depth, head_dim=head_dim, sequence_len=seq_len, vocab_size=vocab_size,
-                           window_pattern=window_pattern, device=device)
-    note = ""
-    if optimizer == "muon":
-        try: opt = model.setup_optimizer()
-        except ImportError as e:
-            opt, note = torch.optim.AdamW(model.parameters(), lr=1e-4), f" (MuonAdamW unavailable: {e}; AdamW used)"
-            print(f"note: MuonAdamW could not be imported ({e}); timing with torch.optim.AdamW instead")
-    elif optimizer == "adamw": opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    else: raise ValueError(f"--optimizer {optimizer!r}: use 'muon' or 'adamw'")
-    idx = torch.randint(0, vocab_size, (batch_size, seq_len), device=device)
-    tg = torch.randint(0, vocab_size, (batch_size, seq_len), device=device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    variants = [("fused softcap + cross-entropy", True)] + ([("plain logits + F.cross_entropy", False)] if compare else [])
-    times = {name: [] for name, _ in variants}
-    for name, fused in variants:                          # one warm-up step each
-        model.fused_loss = fused; _step_time(model, opt, idx, tg, sync)
-    for _ in range(steps):                                # interleaved, so both see the same machine load
-        for name, fused in variants:
-            model.fused_loss = fused; times[name].append(_step_time(model, opt, idx, tg, sync))
-    if peer:                                               # nanochat's own model and optimizer, timed in this process
-        ng = import_peer(peer, "nanochat.gpt")
-        c = model.config
-        with torch.device("meta"):
-            pm = ng.GPT(ng.GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=c.n_layer, n_head=c.n_head,
-                                     n_kv_head=c.n_kv_head, n_embd=c.n_embd, window_pattern=window_pattern))
-        pm.to_empty(device=device); pm.init_weights()
-        popt = pm.setup_optimizer()
-        times["nanochat (peer)"] = []
-        _step_time(pm, popt, idx, tg, sync)
-        for _ in range(steps): times["nanochat (peer)"].append(_step_time(pm, popt, idx, tg, sync))
-    tokens = batch_size * seq_len
-    fpt = model.estimate_flops()
-    gpu = torch.cuda.get_device_name() if device == "cuda" else None
-    print(f"d{depth} (C={model.config.n_embd}, {model.config.n_head} heads of {head_dim}), seq {seq_len}, batch {batch_size}, "
-          f"vocab {vocab_size}, window {window_pattern}, {device}" + (f", {threads} thread{'s' * (threads != 1)}" if device == "cpu" else f" ({gpu})")
-          + f", optimizer {type(opt).__name__}")
-    print(f"{'loss path':<32}{'fwd+bwd ms':>11}{'optim ms':>9}{'median ms':>10}{'best ms':>9}{'tokens/s':>10}"
-          + (f"{'MFU':>8}" if gpu else f"{'tok/CPU-s':>11}"))
-    best = {}
-    for name, ts in times.items():
-        totals = [a + b for a, b, _ in ts]
-        best[name] = tokens / min(totals)
-        u = mfu(fpt, best[name], gpu) if gpu else None
-        extra = (f"{u * 100:>7.1f}%" if u is not None else "     n/a") if gpu else f"{tokens / statistics.median(c for *_, c in ts):>11,.0f}"
-        print(f"{name:<32}{statistics.median(a for a, *_ in ts) * 1e3:>11.0f}{statistics.median(b for _, b, _ in ts) * 1e3:>9.0f}"
-              f"{statistics.median(totals) * 1e3:>10.0f}{min(totals) * 1e3:>9.0f}{best[name]:>10,.0f}" + extra)
-    tps = best[variants[0][0]]
-    line = f"train: {tps:,.0f} tokens/s on {device}"
-    if peer: line += f"; {tps / best['nanochat (peer)']:.2f}x nanochat ({best['nanochat (peer)']:,.0f} tokens/s, same process)"
-    if compare: line += f"; {tps / best[variants[1][0]]:.2f}x the plain loss path"
-    if gpu:
-        u = mfu(fpt, tps, gpu)
-        line += f"; MFU {u * 100:.1f}%" if u is not None else "; MFU n/a (unknown GPU peak)"
-    print(line + note)
-    return tps

@@ -6,7 +6,8 @@ import pytest
 
 from nanochat_nb.common import atomic_path
 from nanochat_nb.cli import make_cli
-from nanochat_nb.optim import MuonAdamW, bench_optim, muon_param_groups
+from nanochat_nb.optim import MuonAdamW, muon_param_groups
+from nanochat_nb.optim_bench import bench_optim
 
 
 def _model(seed):
