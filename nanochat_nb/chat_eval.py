@@ -15,7 +15,8 @@ from nanochat_nb.common import (atomic_path, autodetect_device_type, compute_cle
 from .cli import script
 from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model
 from .evaluate import rank_items
-from .tasks import CPUChat, ARC, GSM8K, MMLU, HumanEval, SpellingBee, Task
+from .tasks import ARC, GSM8K, MMLU, HumanEval, SpellingBee, Task
+from .cpu_tasks import CPUChat
 from .engine import Engine
 
 # %% auto #0

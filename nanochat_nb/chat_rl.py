@@ -18,9 +18,8 @@ from .checkpoint import checkpoints_root, model_from_checkpoint, find_largest_mo
 from .distributed import make_optimizer
 from .engine import Engine
 from .dataset import make_arith_problem
-from .tasks import (GSM8K, IDENTITY, SyntheticArithmetic, Task, TaskMixture, CORPUS_FACT_KINDS,
-                               calculator_parts, corpus_fact_turn, corpus_identity_prompts, extract_answer, fact_answer,
-                               grade_cpuchat)
+from .tasks import GSM8K, IDENTITY, Task, TaskMixture, calculator_parts, extract_answer
+from .cpu_tasks import SyntheticArithmetic, CORPUS_FACT_KINDS, corpus_fact_turn, corpus_identity_prompts, fact_answer, grade_cpuchat
 from .recipe import inherited_settings
 
 # %% auto #0

@@ -19,8 +19,8 @@ from .checkpoint import (truncate_log, checkpoints_root, clean_state_dict, find_
 from .distributed import make_optimizer
 from .gpt import GPT, GPTConfig
 from .tokenizer import get_token_bytes, get_tokenizer
-from .tasks import (GSM8K, MMLU, BareArithmetic, CorpusChat, IdentityConversations, SmolTalk, SpellingBee, SyntheticArithmetic,
-                               SyntheticSpelling, TaskMixture, TaskSequence)
+from .tasks import (GSM8K, MMLU, IdentityConversations, SmolTalk, SpellingBee, SyntheticSpelling, TaskMixture, TaskSequence)
+from .cpu_tasks import BareArithmetic, CorpusChat, SyntheticArithmetic
 from .recipe import LR_NAMES, accumulate_gradients, evaluate_bpb, greedy_tokens, inherited_settings
 
 # %% auto #0

@@ -31,7 +31,7 @@ class ChapterTime:
 
 def is_deep_dive(title: str) -> bool:
     "A title like '07b · Deep dive: ...' (the chapter number and its dot are optional)."
-    return re.sub(r"^#*\s*(\d+[a-z]?\s*·\s*)?", "", title.strip()).lower().startswith("deep dive")
+    return re.sub(r"^#*\s*(\d+[a-z]*\s*·\s*)?", "", title.strip()).lower().startswith("deep dive")
 
 def chapter_time(path) -> ChapterTime:
     "Words, code lines and kind of the notebook at `path`."
@@ -90,7 +90,7 @@ def course_report(nbs_dir=None, pkg_dir=None, max_chapter: float = 60, max_core_
                 ok=dict(chapter=not over, core=core_minutes <= 60 * max_core_hours, function=not funcs or funcs[0][1] <= max_function),
                 targets=dict(max_chapter=max_chapter, max_core_hours=max_core_hours, max_function=max_function))
 
-def _hm(minutes: float) -> str: return f"{int(minutes // 60)}h{int(round(minutes % 60)):02d}m"
+def _hm(minutes: float) -> str: return f"{round(minutes) // 60}h{round(minutes) % 60:02d}m"
 
 def format_course_report(r: dict) -> str:
     "The report as a table and a last line of figures."

@@ -8,7 +8,6 @@ import math, statistics, time
 
 import torch
 
-from .ablation import token_rows
 from .gpt import build_model, config_from_depth
 from .optim import MuonAdamW
 
@@ -96,6 +95,7 @@ def format_comparison(rows: list[dict]) -> str:
 
 def plot_comparison(rows: list[dict], title: str = ""):
     "Mean training loss per step for each variant (left) and validation bpb with the seed spread (right)."
+    import matplotlib.pyplot as plt
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4))
     for r in rows:
         k = max(1, len(r["curve"]) // 25)

@@ -16,7 +16,8 @@ from nanochat_nb.engine import Engine
 from nanochat_nb.evaluate import continuation_spans, evaluate_task, forward_model, render_prompts_mc, stack_sequences
 from nanochat_nb.export import import_hf_folder, load_hf_folder
 from nanochat_nb.gpt import GPTConfig, build_model
-from nanochat_nb.tasks import SyntheticArithmetic, calculator_parts
+from nanochat_nb.tasks import calculator_parts
+from nanochat_nb.cpu_tasks import SyntheticArithmetic
 from nanochat_nb.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 pytest.importorskip("transformers", reason="the hf extra is not installed: pip install -e '.[hf]'")

@@ -7,9 +7,8 @@ import pytest
 from conftest import SHARED_DATA
 from nanochat_nb.download import DownloadError
 from nanochat_nb.execution import use_calculator
-from nanochat_nb.tasks import (ARC, GSM8K, MMLU, CPUChat, CustomJSON, HumanEval, IdentityConversations, SmolTalk, SpellingBee,
-                               SyntheticArithmetic, SyntheticSpelling, Task, TaskMixture, TaskSequence, extract_answer,
-                               calculator_parts, extract_program, load_word_list, parts_text, task_files)
+from nanochat_nb.tasks import (ARC, GSM8K, MMLU, CustomJSON, HumanEval, IdentityConversations, SmolTalk, SpellingBee, SyntheticSpelling, Task, TaskMixture, TaskSequence, extract_answer, calculator_parts, extract_program, load_word_list, parts_text, task_files)
+from nanochat_nb.cpu_tasks import CPUChat, SyntheticArithmetic
 from nanochat_nb.tokenizer import Tokenizer
 
 BYTE_TOK = Tokenizer.from_merges([bytes([i]) for i in range(256)])
@@ -92,7 +91,7 @@ def test_generated_tasks_do_not_depend_on_the_hash_seed():
 
 def test_cpuchat_exam_is_the_same_in_every_process():
     "The exam's questions and answers come from string seeds (towns from the corpus lexicon included), so every run asks the same."
-    code = "from nanochat_nb.tasks import CPUChat; import json; print(json.dumps([CPUChat(8, seed=3)[i] for i in range(40)]))"
+    code = "from nanochat_nb.cpu_tasks import CPUChat; import json; print(json.dumps([CPUChat(8, seed=3)[i] for i in range(40)]))"
     here = json.dumps([CPUChat(8, seed=3)[i] for i in range(40)])
     seed = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
