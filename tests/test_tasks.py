@@ -78,7 +78,7 @@ def test_mixture_sequence_and_epochs():
 
 def test_generated_tasks_do_not_depend_on_the_hash_seed():
     "String seeds are hashed with sha512 by `random`, not with Python's salted hash: another process draws the same examples."
-    code = ("from nanochat_nb.tasks import *; import json; "
+    code = ("from nanochat_nb.tasks import *; from nanochat_nb.cpu_tasks import SyntheticArithmetic; import json; "
             "print(json.dumps([SyntheticSpelling(50, mode='mixed')[7], SyntheticArithmetic(50)[7], "
             "[c['messages'][0]['content'] for c in TaskMixture([SyntheticArithmetic(20), SyntheticSpelling(20)])[:5]]]))")
     here = json.dumps([SyntheticSpelling(50, mode="mixed")[7], SyntheticArithmetic(50)[7],
