@@ -368,11 +368,12 @@ def exam_section(chats: dict, rdir) -> list[str]:
          "each), graded automatically: the number at the end of a reply, or a name mentioned without its rivals.", ""]
     L += _table(("skill", *exams), [(k, *(f"{acc[src][j]:.0%}" for src in exams)) for j, k in enumerate(skills)]
                 + [("**all**", *(f"**{e['accuracy']:.0%}**" for e in exams.values()))])
-    fig = Figure(figsize=(6.4, 3.0)); ax = fig.subplots()
+    fig = Figure(figsize=(7.2, 3.0)); ax = fig.subplots()
     w = 0.8 / len(exams)
     for j, (src, a) in enumerate(acc.items()):
         ax.bar([x + (j - (len(exams) - 1) / 2) * w for x in range(len(skills))], [100 * v for v in a], w, label=src)
-    ax.set_xticks(range(len(skills)), skills); ax.set_ylabel("% right"); ax.set_ylim(0, 100); ax.legend(frameon=False)
+    ax.set_xticks(range(len(skills)), skills); ax.set_ylabel("% right"); ax.set_ylim(0, 100)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)   # beside the axes: a bar at 100% stays visible
     ax.set_title("CPU exam by stage"); fig.tight_layout(); fig.savefig(Path(rdir) / "exam.png", dpi=90)
     L += ["", "![exam](exam.png)", ""]
     last, e = list(exams.items())[-1]
