@@ -26,7 +26,7 @@ __all__ = ['CHARS_PER_SHARD', 'CHARS_PER_TOKEN', 'CROPPED', 'PRESETS', 'GPU_DEFA
            'LOWER_IS_BETTER', 'RL_KEEPS_POINTS', 'model_plan', 'shards_needed', 'default_preset', 'Hardware',
            'detect_hardware', 'launch_command', 'chat_rl_available', 'parse_switch', 'resolve_settings', 'build_stages',
            'estimate_stages', 'critical_seconds', 'format_run_plan', 'run_stages', 'run_facts', 'verdict',
-           'verdict_rows', 'verdict_section', 'write_report', 'plan_run', 'main']
+           'verdict_rows', 'verdict_section', 'write_report', 'plan_run', 'record_run', 'main']
 
 # %% ../nbs/14_speedrun.ipynb #bda0e3d0
 def model_plan(depth: int, ratio: float = 12, vocab_size: int = 32768, max_seq_len: int = 2048, window_pattern: str = "SSSL",
@@ -464,6 +464,15 @@ def plan_run(preset: str = "", depth: int = -1, mid: str = "preset", rl: str = "
     return s, stages, estimate_stages(stages, s, hw)
 
 # %% ../nbs/14_speedrun.ipynb #66140af1
+def record_run(base_dir, s: dict, hw: Hardware) -> dict:
+    "Write `<base>/speedrun/run.json`: the preset, the command as typed (no trailing space), the seed, and the load average at the start."
+    typed = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("speedrun.py", "nanochat-speedrun") else ["--preset", s["preset"]]
+    info = dict(preset=s["preset"], about=s["about"], command=" ".join(["python -m nanochat_nb.speedrun", shlex.join(typed)]).strip(),
+                depth=s["depth"], seed=s.get("seed", 42), hardware=hw.describe(), cpus=hw.cpus,
+                load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, started=datetime.datetime.now().isoformat(timespec="seconds"))
+    with atomic_path(Path(base_dir) / "speedrun" / "run.json") as tmp: tmp.write_text(json.dumps(info, indent=2))
+    return info
+
 @script
 def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (default: d24 with GPUs, cpu without)
          depth: int = -1,                    # override the preset's depth (-1: the preset's)
@@ -522,11 +531,7 @@ def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (defau
     print(format_run_plan(stages, s, hw, plan, base, selected))
     if dry_run: return dict(settings=s, stages=stages, plan=plan, selected=selected)
     if not s["gpu"]: prepare_offline_inputs(base)
-    typed = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("speedrun.py", "nanochat-speedrun") else ["--preset", s["preset"]]
-    info = dict(preset=s["preset"], about=s["about"], command=" ".join(["python -m nanochat_nb.speedrun", shlex.join(typed)]).strip(),
-                depth=s["depth"], seed=seed, hardware=hw.describe(), cpus=hw.cpus, load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                started=datetime.datetime.now().isoformat(timespec="seconds"))
-    with atomic_path(base / "speedrun" / "run.json") as tmp: tmp.write_text(json.dumps(info, indent=2))
+    record_run(base, s, hw)
     t0 = time.time()
     done = run_stages(stages, selected, base, hw, force, print, None if quiet else print)
     src = "rl" if last_checkpoint(base, "rl") else "sft"
