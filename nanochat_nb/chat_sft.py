@@ -25,7 +25,7 @@ from .recipe import LR_NAMES, accumulate_gradients, evaluate_bpb, greedy_tokens,
 
 # %% auto #0
 __all__ = ['MIXTURES', 'sft_targets', 'PaddedPacker', 'pack_padded', 'stage_defaults', 'sft_mixture', 'sft_data_generator',
-           'sft_lr_multiplier', 'greedy_reply', 'calculator_call_rate', 'train_sft', 'main']
+           'sft_lr_multiplier', 'greedy_reply', 'calculator_call_rate', 'SftRun', 'train_sft', 'main']
 
 # %% ../nbs/10_sft.ipynb #76afd3f2
 def sft_targets(ids: list[int], mask: list[int], train_all: bool = False) -> tuple[list[int], list[int]]:
@@ -197,6 +197,194 @@ def _chatcore(tasks: dict, model, tokenizer, max_problems: int) -> float:
             for name, task in tasks.items()}
     return chat_eval.chatcore(accs)
 
+class SftRun:
+    "One SFT or midtraining run, `train_sft`'s arguments as attributes: the named steps `run` takes."
+    def __init__(self, user_config: dict):
+        self.user_config = dict(user_config)                                 # stored in every checkpoint's meta
+        self.__dict__.update({("run_name" if k == "run" else k): v for k, v in user_config.items()})
+
+    def check(self):
+        "Every flag that cannot work, in one line naming it."
+        if self.stage not in ("sft", "mid"): raise ValueError(f"--stage {self.stage!r}: choose sft or mid")
+        if self.source not in ("base", "mid", "sft"): raise ValueError(f"--source {self.source!r}: choose base, mid or sft")
+        if self.compile not in ("auto", "yes", "no"): raise ValueError(f"--compile {self.compile!r}: use auto, yes or no")
+        if self.mixture not in MIXTURES: raise ValueError(f"--mixture {self.mixture!r}: choose one of {', '.join(MIXTURES)}")
+        if self.init_lr_frac <= 0: raise ValueError(f"--init-lr-frac {self.init_lr_frac} must be > 0")
+        sft_lr_multiplier(0.0, self.warmdown_ratio)                          # validates --warmdown-ratio
+
+    def plan(self):
+        "The source checkpoint, the process group, the settings it passes on (batch, lengths, rates), tokenizer and data."
+        src_root = checkpoints_root(self.source, self.base_dir)
+        try: self.model_tag = self.model_tag or find_largest_model(src_root)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"no {self.source} checkpoint in {src_root}: train one first "
+                                    f"(python -m nanochat_nb.{'base_train' if self.source == 'base' else 'chat_sft --stage mid'})") from e
+        self.src_dir = src_root / self.model_tag
+        self.src_step = find_last_step(self.src_dir) if self.model_step < 0 else self.model_step
+        self.ddp, self.rank, _, self.world_size, self.device = compute_init(self.device_type or autodetect_device_type(), self.seed)
+        self.master = self.rank == 0
+        _, _, self.src_meta = load_checkpoint(self.src_dir, self.src_step, "cpu")
+        s = self.s = inherited_settings(self.src_meta, device_batch_size=self.device_batch_size, max_seq_len=self.max_seq_len,
+                                        total_batch_size=self.total_batch_size, embedding_lr=self.embedding_lr,
+                                        unembedding_lr=self.unembedding_lr, matrix_lr=self.matrix_lr, scalar_lr=self.scalar_lr)
+        self.B, self.T = B, T = s["device_batch_size"], s["max_seq_len"]
+        tokens_per_fwdbwd = B * T * self.world_size
+        if s["total_batch_size"] % tokens_per_fwdbwd:
+            raise ValueError(f"--total-batch-size {s['total_batch_size']:,} is not a multiple of --device-batch-size x --max-seq-len "
+                             f"x world size = {B} x {T} x {self.world_size} = {tokens_per_fwdbwd:,}; change one of them")
+        self.accum = s["total_batch_size"] // tokens_per_fwdbwd
+        tdir = self.src_meta.get("tokenizer_dir")
+        self.tokenizer_dir = tdir if tdir and Path(tdir).exists() else None
+        self.tokenizer = get_tokenizer(self.tokenizer_dir)
+        self.token_bytes = get_token_bytes(self.device, self.tokenizer_dir)
+        self.train_ds = sft_mixture("train", self.mixture, self.stage, self.smoltalk_epochs, self.mmlu_epochs, self.gsm8k_epochs,
+                                    self.identity_epochs, self.spelling_size, self.arith_size, self.tasks_dir, self.chat_size, self.bare_size)
+        self.val_ds = sft_mixture("val", self.mixture, self.stage, tasks_dir=self.tasks_dir)
+        if self.chatcore_every > 0: self.chat_tasks = _chatcore_tasks(self.chatcore_tasks, self.tasks_dir)
+        self.out_dir = checkpoints_root(self.stage, self.base_dir) / (self.output_tag or self.model_tag)
+        print0(f"{self.stage}: {self.source} model {self.model_tag} step {self.src_step} -> {self.out_dir}; {len(self.train_ds):,} training "
+               f"conversations; batch {s['total_batch_size']:,} tokens = {B} rows x {T} x {self.world_size} rank(s) x {self.accum} accumulation step(s)")
+
+    def _weights_and_moments(self):
+        "The weights and optimizer state to start from: our own checkpoint when resuming, else the source's (moments if they fit)."
+        self.start_step, self.loader_states = 0, None
+        self.loop_state = dict(min_val_bpb=float("inf"), smooth_train_loss=0.0, total_training_time=0.0, progress=0.0)
+        if self.resume and self.resume_from_step < 0:
+            try: self.resume_from_step = find_last_step(self.out_dir)
+            except FileNotFoundError: print0(f"--resume: no checkpoint in {self.out_dir} yet, starting from the {self.source} model")
+        if self.resume_from_step >= 0:
+            model_data, optim_state, meta = load_checkpoint(self.out_dir, self.resume_from_step, self.device, load_optimizer=True, rank=self.rank)
+            self.start_step, self.loader_states = meta["step"], meta["dataloader_state_dicts"]
+            self.loop_state.update(meta.get("loop_state", {}))
+            print0(f"resumed from {self.out_dir} step {self.start_step}")
+            return model_data, optim_state
+        model_data, optim_state, _ = load_checkpoint(self.src_dir, self.src_step, self.device, load_optimizer=False)
+        saved_world = len(self.src_meta.get("dataloader_state_dicts") or [None])
+        if self.reset_optimizer: print0("--reset-optimizer: the optimizer starts from zero state")
+        elif saved_world != self.world_size:
+            print0(f"the {self.source} checkpoint was written by {saved_world} rank(s), this run has {self.world_size}: "
+                   "its optimizer state does not fit, so the optimizer starts fresh")
+        else:
+            try: optim_state = load_checkpoint(self.src_dir, self.src_step, self.device, load_optimizer=True, rank=self.rank)[1]
+            except FileNotFoundError: print0(f"no optimizer state for rank {self.rank} in {self.src_dir}: the optimizer starts fresh")
+        return model_data, optim_state
+
+    def build(self):
+        "The model (sequence length raised to T if needed), its weights, and the optimizer at a fraction of the inherited rates."
+        cfg = GPTConfig(**{**CONFIG_DEFAULTS, **self.src_meta["model_config"]})
+        if self.T > cfg.sequence_len: cfg = GPTConfig(**{**asdict(cfg), "sequence_len": self.T})
+        with torch.device("meta"): model = GPT(cfg)
+        model.to_empty(device=self.device); model.init_weights()
+        model_data, optim_state = self._weights_and_moments()
+        model.load_state_dict(clean_state_dict(model_data, self.device), strict=True, assign=True)
+        del model_data
+        s = self.s
+        groups = model.optimizer_groups(s["unembedding_lr"], s["embedding_lr"], s["matrix_lr"], self.weight_decay, scalar_lr=s["scalar_lr"])
+        optimizer = make_optimizer(groups, self.world_size)
+        for g in optimizer.param_groups: g["initial_lr"] = g["lr"] * self.init_lr_frac
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        if optim_state is not None:
+            try:
+                optimizer.load_state_dict(optim_state)
+                for g, h in zip(optimizer.param_groups, hyper): g.update(h)   # keep the moments, not the saved run's lrs
+                if self.resume_from_step < 0: print0(f"warm-started the optimizer from {self.src_dir} step {self.src_step}")
+            except (KeyError, ValueError, RuntimeError) as e:
+                if self.resume_from_step >= 0:
+                    raise ValueError(f"the optimizer state of step {self.resume_from_step} in {self.out_dir} does not fit: {e}") from e
+                print0(f"the {self.source} optimizer state does not fit ({e}); the optimizer starts fresh")
+        del optim_state
+        self.cfg, self.model, self.optimizer = cfg, model, optimizer
+        self.initial_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        do_compile = self.compile == "yes" or (self.compile == "auto" and self.device.type == "cuda")
+        self.fwd = torch.compile(model, dynamic=False) if do_compile else model
+
+    def start_data(self):
+        "The training loader (resumed where it stopped), wandb, and a log that keeps only the steps before this start."
+        self.train_all = self.stage == "mid"
+        st = self.loader_states[self.rank] if self.loader_states else None
+        self.loader = sft_data_generator(self.train_ds, self.tokenizer, self.B, self.T, self.device, self.rank, self.world_size,
+                                         self.buffer_size, st, self.train_all)
+        self.consumed = st if self.loader_states else dict(epoch=0, cursor=self.rank, buffer=[], progress=0.0)
+        self.batch = next(self.loader)
+        self.wandb_run = init_wandb(self.run_name, config=self.user_config, master_process=self.master)
+        if self.master:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            truncate_log(self.out_dir / "log.jsonl", self.start_step)      # a resumed run logs its steps again: no duplicates
+            for t in remove_dead_temps(self.out_dir): print0(f"removed {t.name}: the temp file of a write that was killed")
+
+    def log(self, rec: dict):
+        if not self.master: return
+        self.wandb_run.log(rec, step=rec["step"])
+        with open(self.out_dir / "log.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
+
+    def evaluate(self, step: int):
+        "Validation bits per byte on the held-out mixture."
+        self.model.eval()
+        val_loader = sft_data_generator(self.val_ds, self.tokenizer, self.B, self.T, self.device, self.rank, self.world_size,
+                                        self.buffer_size, train_all=self.train_all)
+        self.val_bpb = evaluate_bpb(self.model, val_loader, self.eval_steps, self.token_bytes)
+        self.loop_state["min_val_bpb"] = min(self.loop_state["min_val_bpb"], self.val_bpb)
+        print0(f"step {step:05d} | validation bpb {self.val_bpb:.4f}")
+        self.log({"step": step, "val_bpb": self.val_bpb})
+        self.model.train()
+
+    def chatcore(self, step: int):
+        self.model.eval(); score = _chatcore(self.chat_tasks, self.model, self.tokenizer, self.chatcore_problems); self.model.train()
+        print0(f"step {step:05d} | ChatCORE {score:.4f}")
+        self.log({"step": step, "chatcore": score})
+
+    def save(self, step: int):
+        s = self.s
+        save_checkpoint(self.out_dir, step, self.model.state_dict(), self.optimizer.state_dict(), dict(
+            step=step, val_bpb=self.val_bpb, model_config=asdict(self.cfg), user_config=self.user_config, stage=self.stage,
+            source=dict(phase=self.source, model_tag=self.model_tag, step=self.src_step), device_batch_size=self.B, max_seq_len=self.T,
+            total_batch_size=s["total_batch_size"], learning_rates={k: s[k] for k in LR_NAMES},
+            tokenizer_dir=str(self.tokenizer_dir) if self.tokenizer_dir else None,
+            dataloader_state_dicts=all_gather_objects(self.consumed), loop_state=self.loop_state), rank=self.rank)
+
+    def train_step(self, step: int, progress: float) -> float:
+        "One optimizer step over `accum` micro-batches at the schedule's rate; returns the progress after it."
+        t0, ls, ema = time.perf_counter(), self.loop_state, 0.9
+        train_loss, self.consumed, self.batch = accumulate_gradients(self.fwd, self.loader, self.batch, self.accum)
+        n = self.num_iterations
+        progress = step / n if n > 0 else _max_across_ranks(self.consumed["progress"], self.device)
+        lrm = sft_lr_multiplier(progress, self.warmdown_ratio, self.final_lr_frac)
+        for g, lr0 in zip(self.optimizer.param_groups, self.initial_lrs):
+            g["lr"] = lr0 * lrm
+            if g.get("kind") == "muon": g["momentum"] = 0.95
+        self.optimizer.step()
+        self.model.zero_grad(set_to_none=True)
+        if n > 0: progress = (step + 1) / n
+        ls["progress"] = progress
+        if self.device.type == "cuda": torch.cuda.synchronize()
+        dt, lossf = time.perf_counter() - t0, train_loss.item()
+        self.losses.append(lossf)
+        ls["smooth_train_loss"] = ema * ls["smooth_train_loss"] + (1 - ema) * lossf
+        debiased = ls["smooth_train_loss"] / (1 - ema ** (step + 1))
+        if step - self.start_step > 2: ls["total_training_time"] += dt
+        if self.log_every > 0 and step % self.log_every == 0:
+            print0(f"step {step:05d} ({100 * min(progress, 1):.1f}%) | loss {debiased:.6f} | lrm {lrm:.2f} | dt {dt * 1e3:.0f}ms")
+        self.log({"step": step, "loss": lossf, "smooth_loss": debiased, "lrm": lrm, "progress": progress, "dt": dt})
+        return progress
+
+    def run(self) -> dict:
+        "Check, plan, build, start the data, then steps with evaluations and checkpoints until the iterations or one pass are done."
+        self.check(); self.plan(); self.build(); self.start_data()
+        self.val_bpb, self.losses, step = None, [], self.start_step
+        progress = self.loop_state["progress"]
+        for step in itertools.count(self.start_step):
+            last = step >= self.num_iterations if self.num_iterations > 0 else progress >= 1
+            if last or (self.eval_every > 0 and step % self.eval_every == 0): self.evaluate(step)
+            if self.chatcore_every > 0 and (last or step % self.chatcore_every == 0): self.chatcore(step)
+            if last or (self.save_every > 0 and step > self.start_step and step % self.save_every == 0): self.save(step)
+            if last: break
+            progress = self.train_step(step, progress)
+        self.wandb_run.finish()
+        print0(f"done: {self.stage} val bpb {self.val_bpb:.4f} (min {self.loop_state['min_val_bpb']:.4f}), checkpoint in {self.out_dir}")
+        compute_cleanup()
+        return dict(val_bpb=self.val_bpb, min_val_bpb=self.loop_state["min_val_bpb"], losses=self.losses, checkpoint_dir=str(self.out_dir),
+                    final_step=step, settings=self.s, training_time=self.loop_state["total_training_time"])
+
 def train_sft(stage: str = "sft", source: str = "base", model_tag: str | None = None, model_step: int = -1,
               output_tag: str | None = None, run: str = "dummy", device_type: str = "", mixture: str = "default",
               smoltalk_epochs: int = 1, mmlu_epochs: int = -1, gsm8k_epochs: int = -1, identity_epochs: int = -1,
@@ -209,157 +397,8 @@ def train_sft(stage: str = "sft", source: str = "base", model_tag: str | None = 
               buffer_size: int = 100, compile: str = "auto", tasks_dir: str | None = None, base_dir: str | None = None, log_every: int = 1,
               seed: int = 42) -> dict:
     "Fine-tune a checkpoint on conversations (see `main` for what each argument means); returns a summary of the run."
-    user_config = {k: v for k, v in locals().items()}
-    if stage not in ("sft", "mid"): raise ValueError(f"--stage {stage!r}: choose sft or mid")
-    if source not in ("base", "mid", "sft"): raise ValueError(f"--source {source!r}: choose base, mid or sft")
-    if compile not in ("auto", "yes", "no"): raise ValueError(f"--compile {compile!r}: use auto, yes or no")
-    if mixture not in MIXTURES: raise ValueError(f"--mixture {mixture!r}: choose one of {', '.join(MIXTURES)}")
-    if init_lr_frac <= 0: raise ValueError(f"--init-lr-frac {init_lr_frac} must be > 0")
-    sft_lr_multiplier(0.0, warmdown_ratio)                                   # validates --warmdown-ratio
-    device_type = device_type or autodetect_device_type()
-    src_root = checkpoints_root(source, base_dir)
-    try: model_tag = model_tag or find_largest_model(src_root)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"no {source} checkpoint in {src_root}: train one first "
-                                f"(python -m nanochat_nb.{'base_train' if source == 'base' else 'chat_sft --stage mid'})") from e
-    src_dir = src_root / model_tag
-    src_step = find_last_step(src_dir) if model_step < 0 else model_step
-    ddp, rank, local_rank, world_size, device = compute_init(device_type, seed)
-    master = rank == 0
-    _, _, src_meta = load_checkpoint(src_dir, src_step, "cpu")
-    s = inherited_settings(src_meta, device_batch_size=device_batch_size, max_seq_len=max_seq_len,
-                           total_batch_size=total_batch_size, embedding_lr=embedding_lr, unembedding_lr=unembedding_lr,
-                           matrix_lr=matrix_lr, scalar_lr=scalar_lr)
-    B, T = s["device_batch_size"], s["max_seq_len"]
-    tokens_per_fwdbwd = B * T * world_size
-    if s["total_batch_size"] % tokens_per_fwdbwd:
-        raise ValueError(f"--total-batch-size {s['total_batch_size']:,} is not a multiple of --device-batch-size x --max-seq-len "
-                         f"x world size = {B} x {T} x {world_size} = {tokens_per_fwdbwd:,}; change one of them")
-    accum = s["total_batch_size"] // tokens_per_fwdbwd
-    tokenizer_dir = src_meta.get("tokenizer_dir")
-    tokenizer_dir = tokenizer_dir if tokenizer_dir and Path(tokenizer_dir).exists() else None
-    tokenizer = get_tokenizer(tokenizer_dir)
-    token_bytes = get_token_bytes(device, tokenizer_dir)
-    train_ds = sft_mixture("train", mixture, stage, smoltalk_epochs, mmlu_epochs, gsm8k_epochs, identity_epochs,
-                           spelling_size, arith_size, tasks_dir, chat_size, bare_size)
-    val_ds = sft_mixture("val", mixture, stage, tasks_dir=tasks_dir)
-    if chatcore_every > 0: chat_tasks = _chatcore_tasks(chatcore_tasks, tasks_dir)
-    out_dir = checkpoints_root(stage, base_dir) / (output_tag or model_tag)
-    print0(f"{stage}: {source} model {model_tag} step {src_step} -> {out_dir}; {len(train_ds):,} training conversations; "
-           f"batch {s['total_batch_size']:,} tokens = {B} rows x {T} x {world_size} rank(s) x {accum} accumulation step(s)")
+    return SftRun(dict(locals())).run()
 
-    # the model (from the source, or from our own checkpoint when resuming) and the optimizer
-    cfg = GPTConfig(**{**CONFIG_DEFAULTS, **src_meta["model_config"]})
-    if T > cfg.sequence_len: cfg = GPTConfig(**{**asdict(cfg), "sequence_len": T})
-    with torch.device("meta"): model = GPT(cfg)
-    model.to_empty(device=device); model.init_weights()
-    if resume and resume_from_step < 0:
-        try: resume_from_step = find_last_step(out_dir)
-        except FileNotFoundError: print0(f"--resume: no checkpoint in {out_dir} yet, starting from the {source} model")
-    start_step, loader_states = 0, None
-    loop_state = dict(min_val_bpb=float("inf"), smooth_train_loss=0.0, total_training_time=0.0, progress=0.0)
-    if resume_from_step >= 0:
-        model_data, optim_state, meta = load_checkpoint(out_dir, resume_from_step, device, load_optimizer=True, rank=rank)
-        start_step, loader_states = meta["step"], meta["dataloader_state_dicts"]
-        loop_state.update(meta.get("loop_state", {}))
-        print0(f"resumed from {out_dir} step {start_step}")
-    else:
-        model_data, optim_state, _ = load_checkpoint(src_dir, src_step, device, load_optimizer=False)
-        saved_world = len(src_meta.get("dataloader_state_dicts") or [None])
-        if reset_optimizer: print0("--reset-optimizer: the optimizer starts from zero state")
-        elif saved_world != world_size:
-            print0(f"the {source} checkpoint was written by {saved_world} rank(s), this run has {world_size}: "
-                   "its optimizer state does not fit, so the optimizer starts fresh")
-        else:
-            try: optim_state = load_checkpoint(src_dir, src_step, device, load_optimizer=True, rank=rank)[1]
-            except FileNotFoundError: print0(f"no optimizer state for rank {rank} in {src_dir}: the optimizer starts fresh")
-    model.load_state_dict(clean_state_dict(model_data, device), strict=True, assign=True)
-    del model_data
-    groups = model.optimizer_groups(s["unembedding_lr"], s["embedding_lr"], s["matrix_lr"], weight_decay, scalar_lr=s["scalar_lr"])
-    optimizer = make_optimizer(groups, world_size)
-    for g in optimizer.param_groups: g["initial_lr"] = g["lr"] * init_lr_frac
-    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    if optim_state is not None:
-        try:
-            optimizer.load_state_dict(optim_state)
-            for g, h in zip(optimizer.param_groups, hyper): g.update(h)   # keep the moments, not the saved run's lrs
-            if resume_from_step < 0: print0(f"warm-started the optimizer from {src_dir} step {src_step}")
-        except (KeyError, ValueError, RuntimeError) as e:
-            if resume_from_step >= 0: raise ValueError(f"the optimizer state of step {resume_from_step} in {out_dir} does not fit: {e}") from e
-            print0(f"the {source} optimizer state does not fit ({e}); the optimizer starts fresh")
-    del optim_state
-    initial_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-    do_compile = compile == "yes" or (compile == "auto" and device.type == "cuda")
-    fwd = torch.compile(model, dynamic=False) if do_compile else model
-
-    # data, logging
-    train_all = stage == "mid"
-    loader = sft_data_generator(train_ds, tokenizer, B, T, device, rank, world_size, buffer_size,
-                                loader_states[rank] if loader_states else None, train_all)
-    consumed = loader_states[rank] if loader_states else dict(epoch=0, cursor=rank, buffer=[], progress=0.0)
-    x, y, next_state = next(loader)
-    wandb_run = init_wandb(run, config=user_config, master_process=master)
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        truncate_log(out_dir / "log.jsonl", start_step)      # a resumed run logs its steps again: no duplicates
-        for t in remove_dead_temps(out_dir): print0(f"removed {t.name}: the temp file of a write that was killed")
-    def log(rec):
-        if not master: return
-        wandb_run.log(rec, step=rec["step"])
-        with open(out_dir / "log.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
-
-    ema, val_bpb, losses, step = 0.9, None, [], start_step
-    progress = loop_state["progress"]
-    for step in itertools.count(start_step):
-        last = step >= num_iterations if num_iterations > 0 else progress >= 1
-        if last or (eval_every > 0 and step % eval_every == 0):
-            model.eval()
-            val_loader = sft_data_generator(val_ds, tokenizer, B, T, device, rank, world_size, buffer_size, train_all=train_all)
-            val_bpb = evaluate_bpb(model, val_loader, eval_steps, token_bytes)
-            loop_state["min_val_bpb"] = min(loop_state["min_val_bpb"], val_bpb)
-            print0(f"step {step:05d} | validation bpb {val_bpb:.4f}")
-            log({"step": step, "val_bpb": val_bpb})
-            model.train()
-        if chatcore_every > 0 and (last or step % chatcore_every == 0):
-            model.eval(); score = _chatcore(chat_tasks, model, tokenizer, chatcore_problems); model.train()
-            print0(f"step {step:05d} | ChatCORE {score:.4f}")
-            log({"step": step, "chatcore": score})
-        if last or (save_every > 0 and step > start_step and step % save_every == 0):
-            states = all_gather_objects(consumed)
-            save_checkpoint(out_dir, step, model.state_dict(), optimizer.state_dict(), dict(
-                step=step, val_bpb=val_bpb, model_config=asdict(cfg), user_config=user_config, stage=stage,
-                source=dict(phase=source, model_tag=model_tag, step=src_step), device_batch_size=B, max_seq_len=T,
-                total_batch_size=s["total_batch_size"], learning_rates={k: s[k] for k in LR_NAMES},
-                tokenizer_dir=str(tokenizer_dir) if tokenizer_dir else None, dataloader_state_dicts=states,
-                loop_state=loop_state), rank=rank)
-        if last: break
-
-        t0 = time.perf_counter()
-        train_loss, consumed, (x, y, next_state) = accumulate_gradients(fwd, loader, (x, y, next_state), accum)
-        progress = step / num_iterations if num_iterations > 0 else _max_across_ranks(consumed["progress"], device)
-        lrm = sft_lr_multiplier(progress, warmdown_ratio, final_lr_frac)
-        for g, lr0 in zip(optimizer.param_groups, initial_lrs):
-            g["lr"] = lr0 * lrm
-            if g.get("kind") == "muon": g["momentum"] = 0.95
-        optimizer.step()
-        model.zero_grad(set_to_none=True)
-        if num_iterations > 0: progress = (step + 1) / num_iterations
-        loop_state["progress"] = progress
-        if device.type == "cuda": torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        lossf = train_loss.item()
-        losses.append(lossf)
-        loop_state["smooth_train_loss"] = ema * loop_state["smooth_train_loss"] + (1 - ema) * lossf
-        debiased = loop_state["smooth_train_loss"] / (1 - ema ** (step + 1))
-        if step - start_step > 2: loop_state["total_training_time"] += dt
-        if log_every > 0 and step % log_every == 0:
-            print0(f"step {step:05d} ({100 * min(progress, 1):.1f}%) | loss {debiased:.6f} | lrm {lrm:.2f} | dt {dt * 1e3:.0f}ms")
-        log({"step": step, "loss": lossf, "smooth_loss": debiased, "lrm": lrm, "progress": progress, "dt": dt})
-    wandb_run.finish()
-    print0(f"done: {stage} val bpb {val_bpb:.4f} (min {loop_state['min_val_bpb']:.4f}), checkpoint in {out_dir}")
-    compute_cleanup()
-    return dict(val_bpb=val_bpb, min_val_bpb=loop_state["min_val_bpb"], losses=losses, checkpoint_dir=str(out_dir),
-                final_step=step, settings=s, training_time=loop_state["total_training_time"])
 
 # %% ../nbs/10_sft.ipynb #4c8866e2
 @script
