@@ -4,36 +4,29 @@
 
 # %% ../nbs/14_speedrun.ipynb #77be9713
 from __future__ import annotations
-import contextlib, ctypes, datetime, hashlib, importlib.util, io, json, math, os, platform, shlex, shutil, signal, subprocess, sys, threading, time
-from dataclasses import dataclass, field
+import datetime, importlib.util, json, math, os, shlex, subprocess, sys, time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
 
-from .common import atomic_path, check_file, compute_dtype, file_record, get_base_dir, get_peak_flops
+from .common import atomic_path, compute_dtype, get_base_dir, get_peak_flops
 from .cli import script
-from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model, read_meta
-from .dataset import iter_documents
-from .engine import Engine
-from .evaluate import write_sample_bundle
-from .gpt import GPT, GPTConfig, attention_backend
+from .gpt import attention_backend
 from .recipe import training_plan
-from .tasks import SPELLING_WORDS
-from .tokenizer import Tokenizer
+# the machinery of the deep dive 14 · pipeline, re-exported: the preflight, the tests and users import it from here
+from .pipeline import (Stage, StageError, _f, _hms, _table, chat_section, closing_section, curves_section, last_checkpoint,
+                                  latest_json, marker_path, marker_problem, missing_artifacts, model_section, prepare_offline_inputs,
+                                  read_marker, run_stage_command, select_stages, show_command, software_info, stage_env,
+                                  stage_figures, stage_key, stage_status, verify_artifacts, walk_stages, write_marker)
 
 # %% auto #0
 __all__ = ['CHARS_PER_SHARD', 'CHARS_PER_TOKEN', 'CROPPED', 'PRESETS', 'GPU_DEFAULTS', 'DISTRIBUTED_STAGES', 'STAGES', 'SHARD_MB',
-           'DOWNLOAD_MB_PER_S', 'GPU_REF_SECONDS', 'GPU_REF_PEAK', 'CPU_TRAIN_FLOPS', 'CPU_REF_SECONDS',
-           'FULL_HASH_MAX', 'PHASES', 'SAMPLE_PROMPTS', 'EXPECTED', 'LOWER_IS_BETTER', 'RL_KEEPS_POINTS', 'model_plan',
-           'shards_needed', 'default_preset', 'Hardware', 'detect_hardware', 'launch_command', 'show_command', 'Stage',
-           'chat_rl_available', 'parse_switch', 'resolve_settings', 'build_stages', 'estimate_stages',
-           'critical_seconds', 'marker_path', 'marker_problem', 'read_marker', 'stage_key', 'artifact_files',
-           'verify_artifacts', 'stage_status', 'write_marker', 'missing_artifacts', 'select_stages', 'format_run_plan',
-           'StageError', 'stage_env', 'run_stage_command', 'prepare_offline_inputs', 'run_stages', 'last_checkpoint',
-           'latest_json', 'read_log', 'tokenizer_compression', 'stage_figures', 'software_info', 'line_figure',
-           'sample_conversations', 'exam_section', 'run_facts', 'verdict', 'verdict_rows', 'verdict_section',
-           'write_report', 'plan_run', 'main']
+           'DOWNLOAD_MB_PER_S', 'GPU_REF_SECONDS', 'GPU_REF_PEAK', 'CPU_TRAIN_FLOPS', 'CPU_REF_SECONDS', 'EXPECTED',
+           'LOWER_IS_BETTER', 'RL_KEEPS_POINTS', 'model_plan', 'shards_needed', 'default_preset', 'Hardware',
+           'detect_hardware', 'launch_command', 'chat_rl_available', 'parse_switch', 'resolve_settings', 'build_stages',
+           'estimate_stages', 'critical_seconds', 'format_run_plan', 'run_stages', 'run_facts', 'verdict',
+           'verdict_rows', 'verdict_section', 'write_report', 'plan_run', 'record_run', 'main']
 
 # %% ../nbs/14_speedrun.ipynb #bda0e3d0
 def model_plan(depth: int, ratio: float = 12, vocab_size: int = 32768, max_seq_len: int = 2048, window_pattern: str = "SSSL",
@@ -132,27 +125,10 @@ def launch_command(hw: Hardware, module: str, args: list, distributed: bool = Tr
                   f"--master_port={hw.master_port}"]
     return run + ["-m", f"nanochat_nb.{module}", *args]
 
-def show_command(cmd: list[str]) -> str:
-    "A command as a user would type it (`python` for this interpreter, `torchrun` for torch.distributed.run)."
-    s = shlex.join(cmd).replace(shlex.quote(sys.executable) + " -m torch.distributed.run", "torchrun")
-    return s.replace(shlex.quote(sys.executable), "python")
-
 # %% ../nbs/14_speedrun.ipynb #27c999c3
 DISTRIBUTED_STAGES = ("base_train", "base_eval", "mid_train", "chat_sft", "chat_eval", "chat_rl", "rl_eval")   # under torchrun
 STAGES = ("data", "data_rest", "tok_train", "tok_eval", "base_train", "base_eval", "mid_train", "chat_sft", "chat_eval",
           "chat_rl", "rl_eval", "report")
-
-@dataclass
-class Stage:
-    name: str
-    what: str
-    commands: list = field(default_factory=list)   # each a list of strings
-    deps: tuple = ()
-    artifacts: tuple = ()                          # glob patterns under the base dir
-    estimate_s: float = 0.0
-    background: bool = False
-    enabled: bool = True
-    note: str = ""                                 # why a stage is off, or how its estimate was made
 
 def chat_rl_available() -> bool:
     "Whether the RL script is installed (found without importing it)."
@@ -200,53 +176,51 @@ def _data_stages(s: dict, hw: Hardware, extra: dict) -> list[Stage]:
                   artifacts=("base_data/shard_*.parquet",)),
             Stage("data_rest", "download the other shards", enabled=False, note="the synthetic corpus is written at once")]
 
-def build_stages(s: dict, hw: Hardware, base_dir, extra: dict | None = None, force: bool = False,
-                 eval_bundle: str | None = None, tasks_dir: str | None = None, run: str = "dummy") -> list[Stage]:
-    "The stages of a run with settings `s` on `hw`: commands, dependencies, artifacts (estimates are added by `estimate_stages`)."
-    extra, base, tag, dev = extra or {}, Path(base_dir), s["tag"], hw.device_type
-    L = lambda module, args, key, dist=True: launch_command(hw, module, [*args, *_extra(extra, key)], dist)
-    resume = [] if force else ["--resume"]
-    seed = ["--seed", s["seed"]] if s.get("seed", 42) != 42 else []   # 42 is every script's default: commands stay as they were
-    st = _data_stages(s, hw, extra)
+def _model_stages(s: dict, k: dict) -> list[Stage]:
+    "Tokenizer, pretraining and base evaluation (`k`: the run's launcher, tag, device, seed and resume flags)."
+    L, tag, dev = k["L"], s["tag"], k["dev"]
     tok = ["--vocab-size", s["vocab_size"]] + (["--max-chars", f"{s['tok_chars']:g}"] if "tok_chars" in s else [])
-    st.append(Stage("tok_train", f"train the {s['vocab_size']:,}-token BPE tokenizer", [L("tok_train", tok, "tok_train", False)], deps=("data",),
-                    artifacts=("tokenizer/tokenizer.pkl", "tokenizer/token_bytes.pt")))
-    st.append(Stage("tok_eval", "bytes per token, next to GPT-2 and GPT-4 when they can be fetched",
-                    [L("tok_eval", ["--timeout", 10] if s["gpu"] else ["--no-references"], "tok_eval", False)], deps=("tok_train",)))
-    bt = ["--depth", s["depth"], "--model-tag", tag, "--run", run, "--device-type", dev, "--target-param-data-ratio", s["ratio"],
+    bt = ["--depth", s["depth"], "--model-tag", tag, "--run", k["run"], "--device-type", dev, "--target-param-data-ratio", s["ratio"],
           "--device-batch-size", s["device_batch_size"], "--max-seq-len", s["max_seq_len"], "--window-pattern", s["window_pattern"],
           "--total-batch-size", s["total_batch_size"], "--num-iterations", s["num_iterations"], "--warmup-steps", s["warmup_steps"],
           "--eval-every", s["eval_every"], "--eval-tokens", s["eval_tokens"], "--save-every", s["save_every"],
-          "--log-every", s["log_every"], *seed] + (["--fp8"] if s["fp8"] else []) + ([] if s["gpu"] else ["--sample-every", -1]) + resume
-    st.append(Stage("base_train", f"pretrain d{s['depth']}", [L("base_train", bt, "base_train")], deps=("data", "data_rest", "tok_train"),
-                    artifacts=(f"base_checkpoints/{tag}/model_*.pt", f"base_checkpoints/{tag}/meta_*.json")))
+          "--log-every", s["log_every"], *k["seed"]] + (["--fp8"] if s["fp8"] else []) + ([] if s["gpu"] else ["--sample-every", -1]) + k["resume"]
     be = ["-i", "base", "--model-tag", tag, "--device-type", dev]
-    if s["gpu"]: be += ["--device-batch-size", s["device_batch_size"]]
+    if s["gpu"]: be += ["--device-batch-size", s["device_batch_size"]] + (["--eval-bundle", k["eval_bundle"]] if k["eval_bundle"] else [])
     else: be += ["--max-per-task", 16, "--device-batch-size", 4, "--split-tokens", s["eval_tokens"],
-                 "--eval-bundle", eval_bundle or str(base / "speedrun" / "sample_bundle")]
-    if eval_bundle and s["gpu"]: be += ["--eval-bundle", eval_bundle]
-    st.append(Stage("base_eval", "CORE, train/val bits per byte and samples", [L("base_eval", be, "base_eval")], deps=("base_train",),
-                    artifacts=(f"base_eval/{tag}_*.json",)))
-    chat_common = ["--device-type", dev, "--run", run, *seed] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
+                 "--eval-bundle", k["eval_bundle"] or str(k["base"] / "speedrun" / "sample_bundle")]
+    return [Stage("tok_train", f"train the {s['vocab_size']:,}-token BPE tokenizer", [L("tok_train", tok, "tok_train", False)], deps=("data",),
+                  artifacts=("tokenizer/tokenizer.pkl", "tokenizer/token_bytes.pt")),
+            Stage("tok_eval", "bytes per token, next to GPT-2 and GPT-4 when they can be fetched",
+                  [L("tok_eval", ["--timeout", 10] if s["gpu"] else ["--no-references"], "tok_eval", False)], deps=("tok_train",)),
+            Stage("base_train", f"pretrain d{s['depth']}", [L("base_train", bt, "base_train")], deps=("data", "data_rest", "tok_train"),
+                  artifacts=(f"base_checkpoints/{tag}/model_*.pt", f"base_checkpoints/{tag}/meta_*.json")),
+            Stage("base_eval", "CORE, train/val bits per byte and samples", [L("base_eval", be, "base_eval")], deps=("base_train",),
+                  artifacts=(f"base_eval/{tag}_*.json",))]
+
+def _chat_stages(s: dict, k: dict) -> list[Stage]:
+    "Midtraining, SFT and the chat evaluation of the mid and SFT models."
+    L, tag, tasks_dir = k["L"], s["tag"], k["tasks_dir"]
+    chat_common = ["--device-type", k["dev"], "--run", k["run"], *k["seed"]] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
     if not s["gpu"]: chat_common += ["--mixture", "synthetic", "--eval-every", -1, "--eval-steps", 4, "--log-every", 10]
-    mid = ["--stage", "mid", "--source", "base", "--model-tag", tag, "--output-tag", tag, *chat_common, *resume]
+    mid = ["--stage", "mid", "--source", "base", "--model-tag", tag, "--output-tag", tag, *chat_common, *k["resume"]]
     if not s["gpu"]: mid += ["--num-iterations", s["mid_iterations"]]
-    st.append(Stage("mid_train", "midtraining: conversations, tool use, multiple choice", [L("chat_sft", mid, "mid_train")], deps=("base_train",),
-                    artifacts=(f"mid_checkpoints/{tag}/model_*.pt", f"mid_checkpoints/{tag}/meta_*.json"), enabled=s["mid"], note="" if s["mid"] else "off in this preset (--mid yes)"))
     src = "mid" if s["mid"] else "base"
-    sft = ["--stage", "sft", "--source", src, "--model-tag", tag, "--output-tag", tag, *chat_common, *resume]
+    sft = ["--stage", "sft", "--source", src, "--model-tag", tag, "--output-tag", tag, *chat_common, *k["resume"]]
     if not s["gpu"]: sft += ["--num-iterations", s["sft_iterations"], "--spelling-size", s["sft_spelling"], "--identity-epochs", 1]
-    st.append(Stage("chat_sft", f"supervised fine-tuning from the {src} model", [L("chat_sft", sft, "chat_sft")],
-                    deps=("mid_train" if s["mid"] else "base_train",), artifacts=(f"chatsft_checkpoints/{tag}/model_*.pt", f"chatsft_checkpoints/{tag}/meta_*.json")))
-    ev = ["--model-tag", tag, "--device-type", dev] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
-    if not s["gpu"]:
-        ev += ["-a", "CPUChat", "--max-problems", s["eval_problems"], "--max-new-tokens", s["eval_new_tokens"],
-               "--tasks-dir", tasks_dir or str(base / "speedrun" / "tasks")]
     sources = (["mid"] if s["mid"] else []) + ["sft"]
-    st.append(Stage("chat_eval", f"{'ChatCORE' if s['gpu'] else 'the CPU exam'} of the {' and '.join(sources)} model(s)",
-                    [L("chat_eval", ["-i", x, *ev], "chat_eval") for x in sources], deps=("chat_sft",),
-                    artifacts=tuple(f"chat_eval/{x}_{tag}_*.json" for x in sources)))
-    have_rl = chat_rl_available()
+    return [Stage("mid_train", "midtraining: conversations, tool use, multiple choice", [L("chat_sft", mid, "mid_train")], deps=("base_train",),
+                  artifacts=(f"mid_checkpoints/{tag}/model_*.pt", f"mid_checkpoints/{tag}/meta_*.json"), enabled=s["mid"],
+                  note="" if s["mid"] else "off in this preset (--mid yes)"),
+            Stage("chat_sft", f"supervised fine-tuning from the {src} model", [L("chat_sft", sft, "chat_sft")],
+                  deps=("mid_train" if s["mid"] else "base_train",), artifacts=(f"chatsft_checkpoints/{tag}/model_*.pt", f"chatsft_checkpoints/{tag}/meta_*.json")),
+            Stage("chat_eval", f"{'ChatCORE' if s['gpu'] else 'the CPU exam'} of the {' and '.join(sources)} model(s)",
+                  [L("chat_eval", ["-i", x, *k["ev"]], "chat_eval") for x in sources], deps=("chat_sft",),
+                  artifacts=tuple(f"chat_eval/{x}_{tag}_*.json" for x in sources))]
+
+def _rl_stages(s: dict, k: dict) -> list[Stage]:
+    "RL from the SFT model and its evaluation (off when the preset or the install says so)."
+    L, tag, tasks_dir = k["L"], s["tag"], k["tasks_dir"]
     if s["gpu"]:
         rl = ["--task", "gsm8k", "--examples-per-step", 16, "--num-samples", 16, "--max-new-tokens", 256, "--temperature", 1.0,
               "--top-k", 50, "--device-batch-size", 8, "--init-lr-frac", 0.05, "--eval-every", 60, "--eval-examples", 400,
@@ -260,16 +234,29 @@ def build_stages(s: dict, hw: Hardware, base_dir, extra: dict | None = None, for
               "--examples-per-step", 4, "--num-samples", 8, "--init-lr-frac", 0.2, "--max-new-tokens", s["max_new_tokens"],
               "--temperature", 1.0, "--top-k", 50, "--device-batch-size", 8, "--eval-every", max(1, s["rl_steps"] // 2),
               "--eval-examples", 16, "--pass-k", 4, "--save-every", s["rl_steps"]]
-    rl = ["--source", "sft", "--model-tag", tag, *rl, "--run", run, "--device-type", dev, *seed] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
-    rl_on = s["rl"] and have_rl
+    rl = ["--source", "sft", "--model-tag", tag, *rl, "--run", k["run"], "--device-type", k["dev"], *k["seed"]] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
+    rl_on = s["rl"] and chat_rl_available()
     why = "" if rl_on else ("off in this preset (--rl yes)" if not s["rl"] else "nanochat_nb.chat_rl is not installed")
-    st.append(Stage("chat_rl", f"RL on {'GSM8K' if s['gpu'] else 'arithmetic and recall, strict reward'}", [L("chat_rl", rl, "chat_rl")], deps=("chat_sft",),
-                    artifacts=(f"chatrl_checkpoints/{tag}/model_*.pt", f"chatrl_checkpoints/{tag}/meta_*.json"), enabled=rl_on, note=why))
-    rev = ["-i", "rl", *ev] if not s["gpu"] else ["-i", "rl", "-a", "GSM8K", *ev]
-    st.append(Stage("rl_eval", "evaluate the RL model", [L("chat_eval", rev, "chat_eval")], deps=("chat_rl",),
-                    artifacts=(f"chat_eval/rl_{tag}_*.json",), enabled=rl_on, note=why))
-    st.append(Stage("report", "write report/report.md", deps=tuple(x.name for x in st if x.enabled), artifacts=("report/report.md",)))
-    return st
+    rev = ["-i", "rl", *k["ev"]] if not s["gpu"] else ["-i", "rl", "-a", "GSM8K", *k["ev"]]
+    return [Stage("chat_rl", f"RL on {'GSM8K' if s['gpu'] else 'arithmetic and recall, strict reward'}", [L("chat_rl", rl, "chat_rl")], deps=("chat_sft",),
+                  artifacts=(f"chatrl_checkpoints/{tag}/model_*.pt", f"chatrl_checkpoints/{tag}/meta_*.json"), enabled=rl_on, note=why),
+            Stage("rl_eval", "evaluate the RL model", [L("chat_eval", rev, "chat_eval")], deps=("chat_rl",),
+                  artifacts=(f"chat_eval/rl_{tag}_*.json",), enabled=rl_on, note=why)]
+
+def build_stages(s: dict, hw: Hardware, base_dir, extra: dict | None = None, force: bool = False,
+                 eval_bundle: str | None = None, tasks_dir: str | None = None, run: str = "dummy") -> list[Stage]:
+    "The stages of a run with settings `s` on `hw`: commands, dependencies, artifacts (estimates are added by `estimate_stages`)."
+    extra, base = extra or {}, Path(base_dir)
+    ev = ["--model-tag", s["tag"], "--device-type", hw.device_type] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
+    if not s["gpu"]:
+        ev += ["-a", "CPUChat", "--max-problems", s["eval_problems"], "--max-new-tokens", s["eval_new_tokens"],
+               "--tasks-dir", tasks_dir or str(base / "speedrun" / "tasks")]
+    k = dict(L=lambda module, args, key, dist=True: launch_command(hw, module, [*args, *_extra(extra, key)], dist),
+             dev=hw.device_type, run=run, base=base, eval_bundle=eval_bundle, tasks_dir=tasks_dir, ev=ev,
+             resume=[] if force else ["--resume"],
+             seed=["--seed", s["seed"]] if s.get("seed", 42) != 42 else [])   # 42 is every script's default: commands stay as they were
+    st = _data_stages(s, hw, extra) + _model_stages(s, k) + _chat_stages(s, k) + _rl_stages(s, k)
+    return st + [Stage("report", "write report/report.md", deps=tuple(x.name for x in st if x.enabled), artifacts=("report/report.md",))]
 
 # %% ../nbs/14_speedrun.ipynb #d272f302
 SHARD_MB, DOWNLOAD_MB_PER_S = 100, 100
@@ -323,93 +310,7 @@ def critical_seconds(stages: list[Stage], only=None) -> float:
             total += max(0.0, st.estimate_s - overlap)
     return total
 
-# %% ../nbs/14_speedrun.ipynb #f05e4032
-def marker_path(base_dir, name: str) -> Path: return Path(base_dir) / "speedrun" / f"{name}.json"
-
-def marker_problem(base_dir, name: str) -> str | None:
-    "Why a stage's marker file is there but unusable (a folder, invalid UTF-8, bad JSON, not an object), or None."
-    p = marker_path(base_dir, name)
-    if not p.exists(): return None
-    if not p.is_file(): return f"{p} is not a file"
-    try: m = json.loads(p.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: return f"{p} does not parse ({type(e).__name__})"
-    return None if isinstance(m, dict) else f"{p} is not a JSON object"
-
-def read_marker(base_dir, name: str) -> dict | None:
-    "The done-marker of a stage, or None (a marker that does not parse counts as absent: see `marker_problem`)."
-    p = marker_path(base_dir, name)
-    if marker_problem(base_dir, name) or not p.is_file(): return None
-    return json.loads(p.read_text())
-
-def stage_key(st: Stage, base_dir) -> str:
-    "Hash of the stage's commands (without --resume and --node_rank, `python` for the interpreter) and its deps' finish times."
-    cmds = [[a for a in show_command(c).split() if a != "--resume" and not a.startswith("--node_rank=")] for c in st.commands]
-    deps = {d: (read_marker(base_dir, d) or {}).get("finished") for d in st.deps}
-    return hashlib.sha256(json.dumps([cmds, deps], sort_keys=True).encode()).hexdigest()[:16]
-
-FULL_HASH_MAX = 256 << 20   # on skip, files up to this size are re-hashed; larger ones (checkpoints) get a size check
-
-def artifact_files(st: Stage, base_dir) -> list[Path]:
-    "The files under the base dir that match a stage's artifact patterns (temp files of `atomic_path` left out)."
-    base = Path(base_dir)
-    return sorted({p for pat in st.artifacts for p in base.glob(pat) if p.is_file() and ".tmp." not in p.name})
-
-def verify_artifacts(st: Stage, base_dir, marker: dict | None = None) -> list[tuple[str, str]]:
-    "`(file, why)` for each file a stage's marker recorded that is missing, truncated or changed (sha256 up to `FULL_HASH_MAX`)."
-    m = marker if marker is not None else read_marker(base_dir, st.name) or {}
-    bad = []
-    for rel, rec in (m.get("files") or {}).items():
-        if not isinstance(rec, dict): bad.append((rel, "recorded without a size")); continue
-        why = check_file(Path(base_dir) / rel, rec, full=rec.get("size", 0) <= FULL_HASH_MAX)
-        if why: bad.append((rel, why))
-    return bad
-
-def stage_status(st: Stage, base_dir) -> str:
-    "'off', 'done' (a marker with the current key, its files intact), 'changed' (another key), 'corrupt' (a file differs) or 'todo'."
-    if not st.enabled: return "off"
-    m = read_marker(base_dir, st.name)
-    if m is None: return "todo"
-    if m.get("key") != stage_key(st, base_dir): return "changed"
-    return "corrupt" if verify_artifacts(st, base_dir, m) else "done"
-
-def write_marker(base_dir, st: Stage, started: float, seconds: float, figures: dict | None = None):
-    "Record a finished stage with the size and sha256 of each artifact (atomically: a crash never leaves half a marker)."
-    files = {str(p.relative_to(base_dir)): file_record(p) for p in artifact_files(st, base_dir)}
-    m = dict(stage=st.name, key=stage_key(st, base_dir), started=started, finished=time.time(), seconds=seconds,
-             estimate_s=st.estimate_s, commands=[show_command(c) for c in st.commands], figures=figures or {}, files=files)
-    p = marker_path(base_dir, st.name)
-    if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)          # a folder where the marker goes: it counted as absent
-    with atomic_path(p) as tmp: tmp.write_text(json.dumps(m, indent=2))
-    return m
-
-def missing_artifacts(st: Stage, base_dir) -> list[str]:
-    "The artifact patterns of a stage that match no file under the base dir."
-    return [p for p in st.artifacts if not any(Path(base_dir).glob(p))]
-
-# %% ../nbs/14_speedrun.ipynb #92a4d0c8
-def select_stages(stages: list[Stage], from_stage: str = "", only: str = "") -> list[str]:
-    "The names of the stages to consider, in order, from --from-stage / --only (default: every enabled stage)."
-    names = [st.name for st in stages]
-    by = {st.name: st for st in stages}
-    if from_stage and only: raise ValueError(f"--from-stage {from_stage!r} and --only {only!r} conflict: give one of them")
-    def check(n, flag):
-        if n not in by: raise ValueError(f"{flag} {n!r}: unknown stage; the stages are {', '.join(names)}")
-        if not by[n].enabled: raise ValueError(f"{flag} {n!r}: that stage is off in this run ({by[n].note})")
-    if only:
-        want = [n.strip() for n in only.split(",") if n.strip()]
-        if not want: raise ValueError(f"--only {only!r}: name at least one stage ({', '.join(names)})")
-        for n in want: check(n, "--only")
-        return [n for n in names if n in want]
-    if from_stage:
-        check(from_stage, "--from-stage")
-        return [n for n in names[names.index(from_stage):] if by[n].enabled]
-    return [n for n in names if by[n].enabled]
-
 # %% ../nbs/14_speedrun.ipynb #43274069
-def _hms(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
 def _count(n: float) -> str:
     "1.2B, 819.2K: a count at a glance."
     for unit, k in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -443,258 +344,12 @@ def format_run_plan(stages: list[Stage], s: dict, hw: Hardware, plan: dict, base
                   f"for the {len(todo)} not yet done"]
     return "\n".join(lines)
 
-# %% ../nbs/14_speedrun.ipynb #f8e85dfe
-class StageError(ValueError):
-    "A stage's command failed (shown as one line by the CLI)."
-
-def stage_env(base_dir) -> dict:
-    "The environment of a stage's processes: this one, with the run's base dir and unbuffered output."
-    return {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir), "PYTHONUNBUFFERED": "1"}
-
-def _die_with_parent():
-    "In the child, before exec: ask Linux to SIGKILL it when the runner dies (prctl PR_SET_PDEATHSIG), however the runner dies."
-    try: ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)   # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError): pass                                          # not Linux: the process group still helps
-
-def _signal_group(proc, sig):
-    try: os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError): pass
-
-def run_stage_command(cmd: list[str], log_path, env: dict, echo=print, prefix: str = "") -> None:
-    """Run `cmd`, appending its output to `log_path` and passing each line to `echo`; a StageError if it fails.
-    The child runs in its own process group and dies with the runner: SIGKILL (the kernel's parent-death signal),
-    SIGTERM (forwarded to the group), Ctrl-C (SIGINT forwarded, so a training script saves its resume hint)."""
-    log_path = Path(log_path); log_path.parent.mkdir(parents=True, exist_ok=True)
-    tail = []
-    linux = sys.platform.startswith("linux")
-    with open(log_path, "a") as log:
-        log.write(f"$ {show_command(cmd)}\n"); log.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
-                                preexec_fn=_die_with_parent if linux else None, start_new_session=True)
-        main_thread = threading.current_thread() is threading.main_thread()
-        def on_term(signum, frame):
-            _signal_group(proc, signal.SIGTERM); raise SystemExit(128 + signum)
-        old = signal.signal(signal.SIGTERM, on_term) if main_thread else None
-        try:
-            for line in proc.stdout:
-                log.write(line); log.flush()
-                tail = (tail + [line.rstrip()])[-15:]
-                if echo: echo(prefix + line.rstrip())
-            rc = proc.wait()
-        except BaseException as e:
-            _signal_group(proc, signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
-            try: proc.wait(timeout=30)
-            except subprocess.TimeoutExpired: _signal_group(proc, signal.SIGKILL); proc.wait()
-            raise
-        finally:
-            if main_thread: signal.signal(signal.SIGTERM, old)
-    if rc != 0:
-        raise StageError(f"{prefix.strip() or 'command'} failed with exit status {rc}: `{show_command(cmd)}`\n"
-                         + "\n".join("    " + t for t in tail) + f"\n(full log: {log_path}; run the same command again to resume)")
-
-# %% ../nbs/14_speedrun.ipynb #2707a1ac
-def prepare_offline_inputs(base_dir) -> dict:
-    "Write the sample CORE bundle and a SpellingBee word list under `<base>/speedrun/` (if absent); returns their paths."
-    d = Path(base_dir) / "speedrun"
-    bundle, words = d / "sample_bundle", d / "tasks" / "spellingbee" / "words_alpha.txt"
-    if not (bundle / "core.yaml").is_file(): write_sample_bundle(bundle)
-    if not words.is_file():
-        with atomic_path(words) as tmp: tmp.write_text("\n".join(SPELLING_WORDS) + "\n")
-    return dict(eval_bundle=bundle, tasks_dir=d / "tasks")
-
 # %% ../nbs/14_speedrun.ipynb #e589e6a9
 def run_stages(stages: list[Stage], selected: list[str], base_dir, hw: Hardware, force: bool = False, echo=print,
                child_echo=print, report=None) -> dict:
     "Run the selected stages (skipping done ones unless `force`): `echo` gets the runner's lines, `child_echo` the stages' output."
-
-    base_dir = Path(base_dir)
-    logs, env, out, bg = base_dir / "speedrun" / "logs", stage_env(base_dir), {}, {}
-
-    def finish(name):   # wait for a background stage and record it
-        proc, st, t0, logf = bg.pop(name)
-        echo(f"[{name}] waiting for the background download ...")
-        rc = proc.wait(); logf.close()
-        if rc != 0: raise StageError(f"{name} (background) failed with exit status {rc}; see {logs / (name + '.log')}")
-        write_marker(base_dir, st, t0, time.time() - t0); out[name] = "ran"
-
-    try:
-        for st in stages:
-            if st.name not in selected: continue
-            if not st.enabled: out[st.name] = "off"; continue
-            for d in st.deps:
-                if d in bg: finish(d)
-            if why := marker_problem(base_dir, st.name): echo(f"[{st.name}] its done-marker {why}: counted as absent")
-            status = stage_status(st, base_dir)
-            if status == "done" and not force and not missing_artifacts(st, base_dir):
-                echo(f"[{st.name}] done already ({read_marker(base_dir, st.name)['seconds']:.0f}s), skipping"); out[st.name] = "skipped"
-                continue
-            if status == "changed": echo(f"[{st.name}] its inputs or flags changed since it last ran: running it again")
-            if status in ("corrupt", "changed"):                  # a stage that runs again must not resume from a bad file
-                for rel, why in verify_artifacts(st, base_dir):
-                    echo(f"[{st.name}] {rel} is {why}: removing it and running the stage again")
-                    (base_dir / rel).unlink(missing_ok=True)        # so that a resuming stage cannot load it
-            echo(f"[{st.name}] {st.what} (estimated {_hms(st.estimate_s)})")
-            t0 = time.time()
-            if st.background:
-                logs.mkdir(parents=True, exist_ok=True)
-                logf = open(logs / f"{st.name}.log", "a")
-                logf.write(f"$ {show_command(st.commands[0])}\n"); logf.flush()
-                proc = subprocess.Popen(st.commands[0], stdout=logf, stderr=subprocess.STDOUT, env=env)
-                bg[st.name] = (proc, st, t0, logf)
-                continue
-            if st.name == "report":
-                path = (report or write_report)(base_dir, hw)
-                echo(f"[report] written to {path}")
-            for cmd in st.commands: run_stage_command(cmd, logs / f"{st.name}.log", env, child_echo, f"[{st.name}] ")
-            miss = missing_artifacts(st, base_dir) if hw.node_rank == 0 else []
-            if miss: raise StageError(f"{st.name} exited cleanly but left no {', '.join(miss)} under {base_dir}; see {logs / (st.name + '.log')}")
-            if hw.node_rank == 0: write_marker(base_dir, st, t0, time.time() - t0, stage_figures(st.name, base_dir))
-            echo(f"[{st.name}] finished in {_hms(time.time() - t0)}"); out[st.name] = "ran"
-        for name in list(bg): finish(name)
-    finally:
-        for proc, st, t0, logf in bg.values():       # interrupted: stop the downloads we started
-            proc.terminate(); proc.wait(); logf.close()
-    return out
-
-# %% ../nbs/14_speedrun.ipynb #87e93507
-PHASES = {"base_train": "base", "mid_train": "mid", "chat_sft": "sft", "chat_rl": "rl"}
-
-def last_checkpoint(base_dir, phase: str) -> tuple[Path, dict] | None:
-    "`(folder, meta)` of the last step of the deepest model tag of a phase, or None."
-    root = checkpoints_root(phase, base_dir)
-    try:
-        d = root / find_largest_model(root)
-        step = find_last_step(d)
-    except FileNotFoundError: return None
-    return d, read_meta(d, step)
-
-def latest_json(folder, pattern: str) -> dict | None:
-    "The most recently written JSON file matching `pattern` in `folder`, parsed (None if there is none)."
-    files = sorted(Path(folder).glob(pattern), key=lambda p: p.stat().st_mtime)
-    return json.loads(files[-1].read_text()) if files else None
-
-def read_log(path) -> list[dict]:
-    "The records of a training `log.jsonl` (an absent file is an empty log)."
-    p = Path(path)
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.is_file() else []
-
-def tokenizer_compression(base_dir, chars: int = 200_000) -> dict | None:
-    "Vocabulary size and bytes per token on the first `chars` characters of the train and val splits."
-    tdir = Path(base_dir) / "tokenizer"
-    if not (tdir / "tokenizer.pkl").is_file(): return None
-    tok = Tokenizer.from_directory(tdir)
-    out = dict(vocab_size=tok.get_vocab_size())
-    for split in ("train", "val"):
-        try: text = "\n".join(iter_documents(split, max_chars=chars, data_dir=Path(base_dir) / "base_data"))
-        except FileNotFoundError: continue
-        out[f"{split}_bytes_per_token"] = len(text.encode()) / max(1, len(tok.encode(text)))
-    return out
-
-def stage_figures(name: str, base_dir) -> dict:
-    "The key numbers a finished stage left on disk (for its done-marker)."
-    base_dir = Path(base_dir)
-    if name == "tok_train": return tokenizer_compression(base_dir) or {}
-    if name in PHASES:
-        ck = last_checkpoint(base_dir, PHASES[name])
-        if ck is None: return {}
-        d, m = ck
-        out = dict(checkpoint=str(d), step=m.get("step"), val_bpb=m.get("val_bpb"))
-        if name == "chat_rl" and m.get("history"): out["last"] = m["history"][-1]
-        return out
-    if name == "base_eval":
-        r = latest_json(base_dir / "base_eval", "*.json") or {}
-        return dict(core=(r.get("core") or {}).get("core"), bpb=r.get("bpb"))
-    if name in ("chat_eval", "rl_eval"):
-        return {p.stem: json.loads(p.read_text()).get("chatcore") for p in sorted((base_dir / "chat_eval").glob("*.json"))}
-    return {}
-
-# %% ../nbs/14_speedrun.ipynb #549b1766
-SAMPLE_PROMPTS = ["Hello! Who are you?", "How many r are in strawberry?",
-                  "Tom has 12 apples and gives away 5. Then he buys 9 more. How many apples does he have now?"]
-
-def software_info() -> dict:
-    "Versions and machine facts for the report."
-    info = dict(python=platform.python_version(), torch=torch.__version__, platform=platform.platform(),
-                cpus=os.cpu_count(), cuda=torch.version.cuda if torch.cuda.is_available() else None)
-    try:
-        import nanochat_nb; info["nanochat_nb"] = nanochat_nb.__version__
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                           cwd=Path(nanochat_nb.__file__).parent)
-        if r.returncode == 0: info["commit"] = r.stdout.strip()
-    except (OSError, subprocess.SubprocessError): pass
-    return info
-
-def line_figure(series: dict, xlabel: str, ylabel: str, title: str) -> Figure | None:
-    "A line plot of `{label: (xs, ys)}`, its legend beside the axes so that it never hides a line (None: nothing to draw)."
-    series = {k: v for k, v in series.items() if v and len(v[0])}
-    if not series: return None
-    fig = Figure(figsize=(7.2, 3.2))
-    ax = fig.subplots()
-    for label, (xs, ys) in series.items(): ax.plot(xs, ys, label=label, marker="o" if len(xs) < 20 else None, ms=3)
-    ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.set_title(title); ax.grid(alpha=0.3)
-    if len(series) > 1: ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
-    fig.tight_layout()
-    return fig
-
-def _plot(path, series: dict, xlabel: str, ylabel: str, title: str) -> Path | None:
-    "Save `line_figure(...)` to `path` (None when there is nothing to draw)."
-    fig = line_figure(series, xlabel, ylabel, title)
-    if fig is None: return None
-    fig.savefig(path, dpi=90)
-    return Path(path)
-
-def _xy(records, key, x="step"):
-    pts = [(r[x], r[key]) for r in records if r.get(key) is not None]
-    return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
-
-def sample_conversations(base_dir, device="cpu", max_tokens: int = 64) -> tuple[str, list]:
-    "Greedy replies of the last chat model (rl, else sft, else mid) to `SAMPLE_PROMPTS`."
-    for phase in ("rl", "sft", "mid"):
-        if last_checkpoint(base_dir, phase) is not None: break
-    else: return "", []
-    with contextlib.redirect_stdout(io.StringIO()):
-        model, tok, meta = load_model(phase, device, "eval", base_dir=base_dir)
-    engine, out = Engine(model, tok), []
-    for q in SAMPLE_PROMPTS:
-        prompt = tok.render_for_completion({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ""}]})
-        seqs, _ = engine.generate_batch(prompt, max_tokens=max_tokens, temperature=0.0)
-        reply = tok.decode(seqs[0][len(prompt):]).strip()
-        out.append((q, reply if len(reply) <= 400 else reply[:400] + " ..."))
-    return phase, out
-
-def _table(header, rows) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
-
-def _f(x, fmt="{:.4f}"): return "-" if x is None else fmt.format(x)
-
-def exam_section(chats: dict, rdir) -> list[str]:
-    """The report's CPU exam: accuracy per skill for each evaluated stage (a table and a bar chart in `rdir`) and the
-    graded replies the last stage gave, drawn from the exam itself; [] when no stage took the exam."""
-    exams = {src: r["tasks"]["CPUChat"] for src, r in chats.items() if "skills" in r["tasks"].get("CPUChat", {})}
-    if not exams: return []
-    skills = list(next(iter(exams.values()))["skills"])
-    acc = {src: [e["skills"][k]["accuracy"] if k in e["skills"] else 0.0 for k in skills] for src, e in exams.items()}
-    L = ["## The CPU exam", "", f"Held-out conversations per skill ({next(iter(exams.values()))['skills'][skills[0]]['total']} "
-         "each), graded automatically: the number at the end of a reply, or a name mentioned without its rivals.", ""]
-    L += _table(("skill", *exams), [(k, *(f"{acc[src][j]:.0%}" for src in exams)) for j, k in enumerate(skills)]
-                + [("**all**", *(f"**{e['accuracy']:.0%}**" for e in exams.values()))])
-    fig = Figure(figsize=(6.4, 3.0)); ax = fig.subplots()
-    w = 0.8 / len(exams)
-    for j, (src, a) in enumerate(acc.items()):
-        ax.bar([x + (j - (len(exams) - 1) / 2) * w for x in range(len(skills))], [100 * v for v in a], w, label=src)
-    ax.set_xticks(range(len(skills)), skills); ax.set_ylabel("% right"); ax.set_ylim(0, 100); ax.legend(frameon=False)
-    ax.set_title("CPU exam by stage"); fig.tight_layout(); fig.savefig(Path(rdir) / "exam.png", dpi=90)
-    L += ["", "![exam](exam.png)", ""]
-    last, e = list(exams.items())[-1]
-    if e.get("samples"):
-        L += [f"### Replies of the {last} model, from the exam (greedy)", ""]
-        for smp in e["samples"]:
-            turns = [f"**{m['role']}:** {m['content'] if isinstance(m['content'], str) else ''.join(p['text'] for p in m['content'])}"
-                     for m in smp["messages"]]
-            reply = smp["reply"].strip() or "(empty reply)"
-            L += [f"*{smp['skill']}*, {'right' if smp['correct'] else 'wrong'}:", ""] + [t + "  " for t in turns] + \
-                 [f"**assistant:** {reply if len(reply) <= 400 else reply[:400] + ' ...'}", ""]
-    return L
+    write = lambda base: (report or write_report)(base, hw)
+    return walk_stages(stages, selected, base_dir, write, hw.node_rank, force, echo, child_echo)
 
 # %% ../nbs/14_speedrun.ipynb #6f5e1c10
 # What a run of a preset should show. The cpu ranges are the minimum and maximum over three seeds (42, 1, 2) of the
@@ -784,91 +439,19 @@ def _time_section(base_dir, hw: Hardware, run: dict) -> list[str]:
         L += ["", f"The run took {total / est:.2f}× its estimate.{why or ' No load average was recorded for it.'}"]
     return L + [""]
 
-def _model_section(base_dir) -> list[str]:
-    L, tc = [], tokenizer_compression(base_dir)
-    if tc:
-        L += ["## Tokenizer", "", f"- vocabulary: {tc['vocab_size']:,} tokens",
-              f"- compression: {_f(tc.get('train_bytes_per_token'), '{:.3f}')} bytes/token on train text, "
-              f"{_f(tc.get('val_bytes_per_token'), '{:.3f}')} on val text", ""]
-    ck = last_checkpoint(base_dir, "base")
-    if ck:
-        meta = ck[1]
-        with torch.device("meta"): m = GPT(GPTConfig(**meta["model_config"]))
-        counts, fpt = m.num_scaling_params(), m.estimate_flops()
-        tokens = meta.get("num_iterations", meta["step"]) * meta.get("total_batch_size", 0)
-        L += ["## Model", "", f"- d{m.config.n_layer}: width {m.config.n_embd}, {m.config.n_head} heads, sequence {m.config.sequence_len}, "
-              f"vocab {m.config.vocab_size:,}",
-              f"- parameters: {counts['total']:,} ({counts['scaling']:,} scaling: matrices {counts['transformer_matrices']:,} + lm_head {counts['lm_head']:,})",
-              f"- FLOPs per token: {fpt:.4g}; trained on {tokens:,} tokens ({tokens / counts['scaling']:.2g} per scaling parameter), "
-              f"{fpt * tokens:.3g} FLOPs", f"- validation bpb at the end of pretraining: {_f(meta.get('val_bpb'))}", ""]
-    be = latest_json(Path(base_dir) / "base_eval", "*.json")
-    if be:
-        L += ["## Base model evaluation", ""]
-        if be.get("bpb"): L += [f"- bits per byte: train {_f(be['bpb'].get('train'))}, val {_f(be['bpb'].get('val'))}"]
-        if core := be.get("core"):
-            L += [f"- CORE: **{core['core']:.4f}** over {core['num_tasks']} task(s)" + (" (partial: not the 22 tasks of CORE)" if core.get("partial") else ""), ""]
-            L += _table(("task", "type", "accuracy", "centered"), [(k, r.get("task_type", ""), _f(r["accuracy"]), _f(r["centered"], "{:+.4f}"))
-                                                                   for k, r in core["tasks"].items()])
-        L += [""]
-    return L
-
-def _chat_section(base_dir, rdir) -> tuple[list[str], dict]:
-    chats = {src: r for src in ("base", "mid", "sft", "rl") if (r := latest_json(Path(base_dir) / "chat_eval", f"{src}_*.json"))}
-    if not chats: return [], chats
-    tasks = list(dict.fromkeys(t for r in chats.values() for t in r["tasks"]))
-    core = [("**ChatCORE**", *(f"**{_f(r['chatcore'])}**" for r in chats.values()))] if any(r.get("chatcore") is not None for r in chats.values()) else []
-    L = ["## Chat evaluation", ""] + _table(("task", *chats), [(t, *(_f(r["tasks"][t]["accuracy"]) if t in r["tasks"] else "-" for r in chats.values()))
-                                                             for t in tasks] + core)
-    if core and any(r.get("partial") for r in chats.values()): L += ["", "(partial: ChatCORE over the tasks listed, not all six)"]
-    return L + [""] + exam_section(chats, rdir), chats
-
-def _curves_section(base_dir, rdir) -> list[str]:
-    ck = last_checkpoint(base_dir, "base")
-    base_log = read_log(ck[0] / "log.jsonl") if ck else []
-    imgs = [_plot(rdir / "base_loss.png", {"train loss (smoothed)": _xy(base_log, "smooth_loss")}, "step", "loss", "Pretraining loss"),
-            _plot(rdir / "base_val_bpb.png", {"val bpb": _xy(base_log, "val_bpb")}, "step", "bits per byte", "Pretraining validation bpb")]
-    chat_logs = {ph: read_log(c[0] / "log.jsonl") for ph in ("mid", "sft") if (c := last_checkpoint(base_dir, ph))}
-    imgs.append(_plot(rdir / "chat_loss.png", {f"{ph} loss": _xy(lg, "smooth_loss") for ph, lg in chat_logs.items()}, "step", "loss",
-                      "Midtraining and SFT loss"))
-    rl = last_checkpoint(base_dir, "rl")
-    hist, L = (rl[1].get("history", []) if rl else []), []
-    if hist:
-        imgs.append(_plot(rdir / "rl_reward.png", {"mean reward": _xy(hist, "mean_reward"), "pass@1": _xy(hist, "pass@1"),
-                                                   "pass@k": _xy(hist, "pass@k")}, "step", "reward / accuracy", "RL"))
-        last = lambda k: next((h for h in reversed(hist) if h.get(k) is not None), {})
-        r, e, e0 = last("mean_reward"), last("pass@1"), next((h for h in hist if h.get("pass@1") is not None), {})
-        L += ["## Reinforcement learning", "", f"- task {rl[1].get('task', '?')}, {rl[1].get('step')} steps",
-              f"- mean reward at step {r.get('step', '-')}: {_f(r.get('mean_reward'))}",
-              f"- held-out pass@1 {_f(e0.get('pass@1'))} → {_f(e.get('pass@1'))} and pass@{e.get('k', 'k')} "
-              f"{_f(e0.get('pass@k'))} → {_f(e.get('pass@k'))} (steps {e0.get('step', '-')} → {e.get('step', '-')})", ""]
-    imgs = [p for p in imgs if p]
-    return L + (["## Curves", ""] + [f"![{p.stem}]({p.name})" for p in imgs] + [""] if imgs else [])
-
-def _closing_section(base_dir, hw: Hardware, chats: dict, samples: bool) -> list[str]:
-    L, phase = [], "rl" if last_checkpoint(base_dir, "rl") else "sft"
-    if samples and not any(r["tasks"].get("CPUChat", {}).get("samples") for r in chats.values()):   # the exam shows its own
-        ph, convs = sample_conversations(base_dir, "cuda" if hw.gpus and torch.cuda.is_available() else "cpu")
-        if convs:
-            L += [f"## Sample conversations ({ph} model, greedy)", ""]
-            for q, a in convs: L += [f"**user:** {q}", "", f"**assistant:** {a}" if a else "**assistant:** (empty reply)", ""]
-    return L + ["## Chat with it", "", f"    python -m nanochat_nb.chat_cli -i {phase}", f"    python -m nanochat_nb.chat_web -i {phase}", "",
-                "## Share it", "", "As a Hugging Face model folder that transformers and lm-eval open (needs the `hf` extra):", "",
-                f"    python -m nanochat_nb.export -i {phase} --check", ""]
-
 def write_report(base_dir, hw: Hardware | None = None, samples: bool = True) -> Path:
     "Write `<base>/report/report.md` (and its PNG curves) from what the stages left on disk; returns its path."
     base_dir, hw = Path(base_dir), hw or detect_hardware()
     rdir = base_dir / "report"; rdir.mkdir(parents=True, exist_ok=True)
     run_file = base_dir / "speedrun" / "run.json"
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
-    chat, chats = _chat_section(base_dir, rdir)
+    chat, chats = chat_section(base_dir, rdir)
     L = (_report_header(run, base_dir, hw) + verdict_section(run.get("preset", "?"), run_facts(base_dir))
-         + _time_section(base_dir, hw, run) + _model_section(base_dir) + chat + _curves_section(base_dir, rdir)
-         + _closing_section(base_dir, hw, chats, samples))
+         + _time_section(base_dir, hw, run) + model_section(base_dir) + chat + curves_section(base_dir, rdir)
+         + closing_section(base_dir, "cuda" if hw.gpus and torch.cuda.is_available() else "cpu", chats, samples))
     path = rdir / "report.md"
     with atomic_path(path) as tmp: tmp.write_text("\n".join(L))
     return path
-
 
 # %% ../nbs/14_speedrun.ipynb #298a2965
 def plan_run(preset: str = "", depth: int = -1, mid: str = "preset", rl: str = "preset", hw: Hardware | None = None,
@@ -881,6 +464,15 @@ def plan_run(preset: str = "", depth: int = -1, mid: str = "preset", rl: str = "
     return s, stages, estimate_stages(stages, s, hw)
 
 # %% ../nbs/14_speedrun.ipynb #66140af1
+def record_run(base_dir, s: dict, hw: Hardware) -> dict:
+    "Write `<base>/speedrun/run.json`: the preset, the command as typed (no trailing space), the seed, and the load average at the start."
+    typed = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("speedrun.py", "nanochat-speedrun") else ["--preset", s["preset"]]
+    info = dict(preset=s["preset"], about=s["about"], command=" ".join(["python -m nanochat_nb.speedrun", shlex.join(typed)]).strip(),
+                depth=s["depth"], seed=s.get("seed", 42), hardware=hw.describe(), cpus=hw.cpus,
+                load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, started=datetime.datetime.now().isoformat(timespec="seconds"))
+    with atomic_path(Path(base_dir) / "speedrun" / "run.json") as tmp: tmp.write_text(json.dumps(info, indent=2))
+    return info
+
 @script
 def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (default: d24 with GPUs, cpu without)
          depth: int = -1,                    # override the preset's depth (-1: the preset's)
@@ -939,11 +531,7 @@ def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (defau
     print(format_run_plan(stages, s, hw, plan, base, selected))
     if dry_run: return dict(settings=s, stages=stages, plan=plan, selected=selected)
     if not s["gpu"]: prepare_offline_inputs(base)
-    typed = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("speedrun.py", "nanochat-speedrun") else ["--preset", s["preset"]]
-    info = dict(preset=s["preset"], about=s["about"], command=" ".join(["python -m nanochat_nb.speedrun", shlex.join(typed)]).strip(),
-                depth=s["depth"], seed=seed, hardware=hw.describe(), cpus=hw.cpus, load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                started=datetime.datetime.now().isoformat(timespec="seconds"))
-    with atomic_path(base / "speedrun" / "run.json") as tmp: tmp.write_text(json.dumps(info, indent=2))
+    record_run(base, s, hw)
     t0 = time.time()
     done = run_stages(stages, selected, base, hw, force, print, None if quiet else print)
     src = "rl" if last_checkpoint(base, "rl") else "sft"
