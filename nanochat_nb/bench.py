@@ -15,8 +15,8 @@ __all__ = ['BENCHMARKS', 'get_benchmark', 'list_benchmarks', 'main', 'bench_fp8'
 BENCHMARKS = {  # name -> (module, function, what it measures)
     "corpus": ("nanochat_nb.dataset", "bench_corpus", "embedded corpus generation rate"),
     "tokenizer": ("nanochat_nb.tokenizer", "bench_tokenizer", "BPE training and encoding vs rustbpe / tiktoken"),
-    "train": ("nanochat_nb.optim", "bench_train", "forward + backward + optimizer step, tokens/s"),
-    "optim": ("nanochat_nb.optim", "bench_optim", "MuonAdamW step: stacked vs per-matrix Muon, fused vs plain AdamW"),
+    "train": ("nanochat_nb.optim_bench", "bench_train", "forward + backward + optimizer step, tokens/s"),
+    "optim": ("nanochat_nb.optim_bench", "bench_optim", "MuonAdamW step: stacked vs per-matrix Muon, fused vs plain AdamW"),
     "pack": ("nanochat_nb.dataloader", "bench_pack", "best-fit packing, fast vs naive"),
     "execution": ("nanochat_nb.attacks", "bench_execution", "sandbox overhead and HumanEval's 164 solutions, guard only vs isolated"),
     "fp8": ("nanochat_nb.bench", "bench_fp8", "fp8 vs bf16: the d24 linear layers and a whole GPT training step"),

@@ -1,5 +1,6 @@
 """base_train as a user runs it: the CLI on the embedded corpus, its errors, --dry-run, exact resume, torchrun."""
 import json, os, shutil, subprocess, sys, threading
+from pathlib import Path
 import pytest
 import torch
 
@@ -72,16 +73,24 @@ def test_a_cpu_run_shows_progress_early_and_ctrl_c_says_how_to_resume(prepared):
     import signal, time
     base, env = prepared
     args = ["--depth", "2", "--num-iterations", "30", "--device-type", "cpu", "--sample-every", "-1", "--model-tag", "progress"]
+    # a program run from a terminal gets Ctrl-C with its default meaning, whatever the test runner's own disposition is
     proc = subprocess.Popen([sys.executable, "-m", "nanochat_nb.base_train", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    lines = []
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines, out = [], []
     threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True).start()   # never a full pipe
     t0 = time.time()
     try:
         while time.time() - t0 < 60 and not any("validation:" in l for l in lines): time.sleep(0.2)
         took = time.time() - t0
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60); time.sleep(0.5)
+        try: proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            state = Path(f"/proc/{proc.pid}/status").read_text() if Path(f"/proc/{proc.pid}/status").exists() else ""
+            raise AssertionError(f"no exit 60 s after SIGINT (first validation after {took:.0f} s); "
+                                 f"{' '.join(l for l in state.splitlines() if l.startswith(('State', 'SigIgn', 'SigCgt')))}\n"
+                                 f"stderr: {''.join(lines)[-2000:]}\nstdout: {''.join(out)[-1000:]}") from None
+        time.sleep(0.5)
     finally:
         if proc.poll() is None: proc.kill()
     seen = "".join(lines)

@@ -16,7 +16,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 NBS = Path(__file__).resolve().parents[1] / "nbs"
-CHAPTER = "09a_tasks.ipynb"   # quick to run (a few seconds on CPU), with a matplotlib figure and an ipywidgets browser
+CHAPTER = "09aa_cpu_tasks.ipynb"   # quick to run (a few seconds on CPU), with a matplotlib figure and an ipywidgets browser
 # Cells nbdev_test skips (settings.ini tst_flags, `#| eval: false`) and the export cell (it needs the repository's
 # settings.ini, which the temporary copy has not): a reader skips those as well, they are commands, not lessons.
 SKIP = re.compile(r"^#\|\s*(eval:\s*false|notest|slow|cuda|multigpu)\b", re.M)
