@@ -1,21 +1,38 @@
 """The course's website, built as a reader builds it (`python tools/build_site.py`): nbdev's own processing of every
 notebook, a page per notebook with the sidebar of nbs/sidebar.yml, every internal link resolving, and a chapter page
-whose figures a real headless Chromium draws."""
-import re, subprocess, sys
+whose figures a real headless Chromium draws. The tests read `_docs/` when it is newer than everything it is made from
+(CI's "docs site" step has just built it); otherwise the first test to need it builds it, one pytest worker at a time."""
+import fcntl, hashlib, re, subprocess, sys, tempfile
 from pathlib import Path
 from urllib.parse import unquote
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "_docs"
+
+
+def sources():
+    "Every file the site is made from."
+    return [*ROOT.glob("nbs/*.ipynb"), *ROOT.glob("nbs/*.yml"), *ROOT.glob("course/**/*.md"),
+            *ROOT.glob("course/solutions/*.ipynb"), ROOT / "tools" / "build_site.py", ROOT / "settings.ini"]
+
+
+def up_to_date() -> bool:
+    index = SITE / "index.html"
+    return index.is_file() and index.stat().st_mtime >= max(p.stat().st_mtime for p in sources())
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    out = tmp_path_factory.mktemp("site") / "_docs"
-    p = subprocess.run([sys.executable, "tools/build_site.py", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    assert re.search(r"^site: \d+ pages \(\d+ notebooks\), [\d.]+ MiB in .*, built in [\d.]+s$", p.stdout, re.M), p.stdout
-    return out
+def site():
+    lock = Path(tempfile.gettempdir()) / f"nanochat_nb-site-{hashlib.sha1(str(ROOT).encode()).hexdigest()[:8]}.lock"
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)          # pytest -n 2: one worker builds, the other waits and reads the result
+        if not up_to_date():
+            p = subprocess.run([sys.executable, "tools/build_site.py"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+            assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+            assert re.search(r"^site: \d+ pages \(\d+ notebooks\), [\d.]+ MiB in .*, built in [\d.]+s$", p.stdout, re.M), p.stdout
+            assert up_to_date()
+    return SITE
 
 
 def test_every_notebook_has_a_page_and_the_sidebar_knows_them_all(site):
