@@ -18,8 +18,10 @@ def sources():
 
 
 def up_to_date() -> bool:
+    "Is _docs/ this script's build (not Quarto's), newer than every file it is made from?"
     index = SITE / "index.html"
-    return index.is_file() and index.stat().st_mtime >= max(p.stat().st_mtime for p in sources())
+    return (index.is_file() and index.stat().st_mtime >= max(p.stat().st_mtime for p in sources())
+            and 'class="site-nav"' in index.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
