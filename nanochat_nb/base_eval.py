@@ -16,7 +16,8 @@ from .cli import script
 from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model
 from .dataloader import tokenizing_distributed_data_loader_bos_bestfit
 from .dataset import get_data_dir, list_parquet_files
-from .evaluate import EVAL_BUNDLE_URL, evaluate_core, format_core_table, get_eval_bundle
+from .eval_bundle import EVAL_BUNDLE_URL, get_eval_bundle
+from .evaluate import evaluate_core, format_core_table
 from .recipe import SAMPLE_PROMPTS, evaluate_bpb, sample_greedy
 
 # %% auto #0

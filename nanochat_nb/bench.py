@@ -20,7 +20,7 @@ BENCHMARKS = {  # name -> (module, function, what it measures)
     "pack": ("nanochat_nb.dataloader", "bench_pack", "best-fit packing, fast vs naive"),
     "execution": ("nanochat_nb.attacks", "bench_execution", "sandbox overhead and HumanEval's 164 solutions, guard only vs isolated"),
     "fp8": ("nanochat_nb.bench", "bench_fp8", "fp8 vs bf16: the d24 linear layers and a whole GPT training step"),
-    "engine": ("nanochat_nb.engine", "bench_engine", "prefill and decode tokens/s vs the naive loop"),
+    "engine": ("nanochat_nb.engine_bench", "bench_engine", "prefill and decode tokens/s vs the naive loop"),
     "course": ("nanochat_nb.course_stats", "bench_course", "reading minutes per chapter, the core path, the longest functions"),
     "gpu": ("nanochat_nb.preflight", "bench_gpu", "one GPU: preflight, the notebooks' #| cuda cells, train (MFU), fp8, engine; one JSON"),
 }

@@ -4,20 +4,17 @@
 
 # %% ../nbs/05_distributed.ipynb #2198fa7b
 from __future__ import annotations
-import copy, json, math
-from pathlib import Path
+import math
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .common import compute_init, compute_cleanup, print0
-from .cli import script
 from .optim import MuonAdamW, adamw_update_, muon_update_, second_moment_shape
 
 # %% auto #0
 __all__ = ['SMALL_PARAM', 'COLLECTIVES', 'shard_rows', 'shard_plan', 'state_numel', 'native_collectives', 'DistMuonAdamW',
-           'make_optimizer', 'round_to_grid_', 'check_against_accumulation', 'main']
+           'make_optimizer']
 
 # %% ../nbs/05_distributed.ipynb #76078eb0
 SMALL_PARAM = 1024   # AdamW tensors with fewer elements are all-reduced and updated on every rank
@@ -104,7 +101,6 @@ class DistMuonAdamW(MuonAdamW):
         device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
         self.native = native_collectives(process_group, device) if collectives == "auto" else collectives == "native"
 
-    # ---- the collectives: native ZeRO-2, or the all-reduce fallback -------------------------------------------
     def _reduce_avg(self, t: Tensor) -> _Pending:
         "Average `t` across ranks in place (all-reduce), asynchronously."
         if self.native:
@@ -130,7 +126,6 @@ class DistMuonAdamW(MuonAdamW):
         else: work = dist.all_gather(list(dst.chunk(self.world_size)), src, group=self.process_group, async_op=True)
         return _Pending(work, then, keep=src)
 
-    # ---- the step -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
         "Phase 1: launch all reduces. Phase 2: per group, wait, update the owned part, launch its gather. Phase 3: wait all."
@@ -193,7 +188,6 @@ class DistMuonAdamW(MuonAdamW):
                 gathers.append(self._all_gather(dst, src, copy_back))
         return gathers
 
-    # ---- per-rank state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         "torch's optimizer state dict of this rank's shards, plus `zero = {rank, world_size}`."
         sd = super().state_dict()
@@ -230,99 +224,3 @@ def make_optimizer(param_groups, world_size: int | None = None, **kwargs) -> Muo
         opt = DistMuonAdamW(param_groups, **kwargs)
     for g in opt.param_groups: g.setdefault("initial_lr", g["lr"])
     return opt
-
-# %% ../nbs/05_distributed.ipynb #467c1733
-def _flat(model) -> Tensor: return torch.cat([p.detach().float().flatten() for p in model.parameters()])
-
-def _state_numel(opt) -> int:
-    return sum(v.numel() for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim > 0)
-
-def round_to_grid_(grads: list[Tensor], maxabs: float, bits: int = 20) -> None:
-    "Round `grads` in place to multiples of a power of two with `maxabs` at most 2**bits of them: sums of up to 16 are then exact."
-    if maxabs > 0:
-        grid = 2.0 ** (math.ceil(math.log2(maxabs)) - bits)
-        for g in grads: g.div_(grid).round_().mul_(grid)
-
-def _grid_max(grads: list[Tensor]) -> Tensor: return torch.stack([g.abs().max().float() for g in grads])
-
-def check_against_accumulation(steps: int = 5, rows: int = 2, seq_len: int = 32, collectives: str = "auto",
-                               exact: bool = False, seed: int = 0, device=None) -> dict:
-    "Train a tiny GPT on this rank's rows with `make_optimizer`, and a copy in-process with MuonAdamW and gradient accumulation over all ranks' rows; compare."
-    from nanochat_nb.gpt import GPT, GPTConfig          # the model is only the test subject here
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    rank = dist.get_rank() if world > 1 else 0
-    if exact and world > 16: raise ValueError(f"exact=True sums at most 16 gradients exactly; world_size is {world}")
-    device = torch.device(device or "cpu")
-    cfg = GPTConfig(sequence_len=seq_len, vocab_size=127, n_layer=2, n_head=2, n_kv_head=2, n_embd=64, window_pattern="L")
-    torch.manual_seed(seed)
-    with torch.device("meta"): model = GPT(cfg, pad_vocab_size_to=1)   # 127 rows: embeddings need padding too
-    model.to_empty(device=device).init_weights()
-    ref = copy.deepcopy(model)
-    kw = dict(collectives=collectives) if world > 1 else {}
-    opt = make_optimizer(model.optimizer_groups(weight_decay=0.1), world, **kw)
-    ref_opt = MuonAdamW(ref.optimizer_groups(weight_decay=0.1))
-    params, ref_params = list(model.parameters()), list(ref.parameters())
-    gen = torch.Generator().manual_seed(seed + 1)
-    for _ in range(steps):
-        batch = torch.randint(0, cfg.vocab_size, (world * rows, seq_len + 1), generator=gen).to(device)
-        mine = batch[rank * rows:(rank + 1) * rows]
-        loss = model(mine[:, :-1], mine[:, 1:])
-        loss.backward()
-        if exact:                                                    # every rank rounds with the same grids
-            mx = _grid_max([p.grad for p in params])
-            if world > 1: dist.all_reduce(mx, op=dist.ReduceOp.MAX)
-            for p, m in zip(params, mx.tolist()): round_to_grid_([p.grad], m)
-        opt.step(); model.zero_grad(set_to_none=True)
-        if not exact:                                                # one process, gradient accumulation
-            for r in range(world):
-                micro = batch[r * rows:(r + 1) * rows]
-                (ref(micro[:, :-1], micro[:, 1:]) / world).backward()
-        else:                                                        # the same, with the sum taken exactly
-            micro_grads = []
-            for r in range(world):
-                micro = batch[r * rows:(r + 1) * rows]
-                ref(micro[:, :-1], micro[:, 1:]).backward()
-                micro_grads.append([p.grad for p in ref_params]); ref.zero_grad(set_to_none=True)
-            mx = torch.stack([_grid_max(gs) for gs in micro_grads]).amax(0)
-            for i, (p, m) in enumerate(zip(ref_params, mx.tolist())):
-                gs = [mg[i] for mg in micro_grads]
-                round_to_grid_(gs, m)
-                p.grad = sum(gs[1:], gs[0].clone()) / world
-        ref_opt.step(); ref.zero_grad(set_to_none=True)
-    flat = _flat(model)
-    spread = 0.0
-    if world > 1:                                                    # all ranks must hold identical weights
-        first = flat.clone(); dist.broadcast(first, 0)
-        spread = torch.tensor((flat - first).abs().max().item()); dist.all_reduce(spread, op=dist.ReduceOp.MAX)
-        spread = spread.item()
-    planned = state_numel(model.optimizer_groups(), world)[rank]
-    return dict(world=world, rank=rank, steps=steps, exact=exact, max_diff=(flat - _flat(ref)).abs().max().item(),
-                rank_spread=spread, state_numel=_state_numel(opt), planned_state_numel=planned,
-                reference_state_numel=_state_numel(ref_opt), loss=loss.item(),
-                collectives="none" if world == 1 else "native" if opt.native else "allreduce")
-
-# %% ../nbs/05_distributed.ipynb #352a6dc4
-@script
-def main(steps: int = 5,              # optimizer steps
-         rows: int = 2,               # rows per rank per step (each of seq_len + 1 tokens)
-         seq_len: int = 32,           # tokens per row
-         collectives: str = "auto",   # auto, native (reduce_scatter, AVG) or allreduce (the fallback for old gloo)
-         device_type: str = "cpu",    # cpu (gloo) or cuda (nccl, one GPU per rank)
-         exact: bool = False,         # round gradients to a grid where sums are exact (bit-exact at any world size)
-         tolerance: float = 0.0,      # largest allowed |weight difference| (0: 1e-5 on cpu, 2e-2 on cuda)
-         out: str = ""):              # if given, each rank writes its figures to OUT.rank<r>.json
-    "Check DistMuonAdamW against one process with gradient accumulation (run it under torchrun)."
-    if collectives not in COLLECTIVES: raise ValueError(f"--collectives {collectives!r}: use one of {COLLECTIVES}")
-    _, rank, _, world, device = compute_init(device_type)
-    try:
-        res = check_against_accumulation(steps, rows, seq_len, collectives, exact, device=device)
-        if out: Path(f"{out}.rank{rank}.json").write_text(json.dumps(res))
-        tol = tolerance or (1e-5 if device.type == "cpu" else 2e-2)
-        how = "one process" if world == 1 else res["collectives"]
-        print0(f"distributed: world {world} ({how}{', exact sums' if exact else ''}), {steps} steps: max |weight - 1-process reference| "
-               f"= {res['max_diff']:.2e} (tolerance {tol:.0e}), spread across ranks {res['rank_spread']:.1e}, "
-               f"optimizer state on rank 0: {res['state_numel']:,} values vs {res['reference_state_numel']:,} unsharded")
-        ok = res["max_diff"] <= tol and res["rank_spread"] == 0 and res["state_numel"] == res["planned_state_numel"]
-        if not ok: raise SystemExit(f"rank {rank}: check failed: {res}")
-        return res
-    finally: compute_cleanup()

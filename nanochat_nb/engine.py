@@ -4,21 +4,19 @@
 
 # %% ../nbs/09b_engine.ipynb #dba569c7
 from __future__ import annotations
-import contextlib, os, statistics, time
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from .common import autodetect_device_type, import_peer
 from .execution import use_calculator
 from .gpt import GPT, GPTConfig, KVCache, build_model
-from .tokenizer import Tokenizer
 
 # %% auto #0
 __all__ = ['sample_next_token', 'generate_naive', 'last_position_logits', 'ToolTokens', 'RowState', 'Engine', 'ScriptedGPT',
-           'scripted_gpt', 'bench_engine']
+           'scripted_gpt']
 
 # %% ../nbs/09b_engine.ipynb #60250928
 def sample_next_token(logits: torch.Tensor, rng: torch.Generator | None = None, temperature: float = 1.0,
@@ -185,86 +183,3 @@ def scripted_gpt(tokenizer, script: list[int], device="cpu") -> ScriptedGPT:
     with torch.device("meta"): m = ScriptedGPT(cfg, script, tokenizer.encode_special("<|assistant_end|>"))
     m.to_empty(device=device)
     return m.init_weights().eval()
-
-# %% ../nbs/09b_engine.ipynb #90227e27
-def _time_engine(engine, prompt, batch_size, max_tokens, seed=0):
-    "Seconds to the first token column (prefill), seconds for the rest, and the number of decode steps."
-    t0 = time.perf_counter(); t1, steps = None, 0
-    for _ in engine.generate(prompt, batch_size, max_tokens=max_tokens, temperature=1.0, top_k=50, seed=seed):
-        if t1 is None: t1 = time.perf_counter()
-        else: steps += 1
-    return t1 - t0, time.perf_counter() - t1, steps
-
-@torch.inference_mode()
-def _time_naive(model, prompt, batch_size, max_tokens, seed=0):
-    "The naive loop, timed: seconds of its first step (the whole prompt), of the next steps, and their number."
-    rng = torch.Generator(device=model.get_device()).manual_seed(seed)
-    ids = torch.tensor([prompt] * batch_size, dtype=torch.long, device=model.get_device())
-    times = []
-    for _ in range(max_tokens):
-        t0 = time.perf_counter()
-        nxt = sample_next_token(model(ids)[:, -1, :], rng, 1.0, 50)
-        ids = torch.cat([ids, nxt], dim=1)
-        nxt.tolist()
-        times.append(time.perf_counter() - t0)
-    return times[0], sum(times[1:]), max_tokens - 1
-
-def bench_engine(depth: int = 4,                 # transformer layers (width by the one-dial rule)
-                 head_dim: int = 64,             # channels per attention head
-                 vocab_size: int = 32768,        # vocabulary size
-                 prompt_len: int = 256,          # prompt tokens
-                 max_tokens: int = 128,          # tokens generated per row by the engine
-                 batch_sizes: str = "1,8",       # comma-separated numbers of rows (samples)
-                 naive_tokens: int = 16,         # tokens per row timed for the naive loop (it is slow)
-                 repeats: int = 2,               # timed runs per configuration; the best is reported
-                 threads: int = 2,               # CPU threads for PyTorch
-                 device: str = "",               # cpu, cuda or mps (default: autodetect)
-                 peer: str = ""):                # a nanochat checkout: also time nanochat's Engine on the same model
-    "Prefill and decode tokens/s of the Engine and of the naive loop (and nanochat's engine with --peer), at each batch size."
-    try: sizes = [int(b) for b in str(batch_sizes).split(",") if b.strip()]
-    except ValueError: raise ValueError(f"--batch-sizes {batch_sizes!r} must be comma-separated integers, e.g. '1,8'")
-    if not sizes or min(sizes) < 1: raise ValueError(f"--batch-sizes {batch_sizes!r} needs at least one size >= 1")
-    if naive_tokens < 2 or max_tokens < 2: raise ValueError("--max-tokens and --naive-tokens must be >= 2 (one prefill step, then decoding)")
-    device = device or autodetect_device_type()
-    if device == "cpu": torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = GPT.from_depth(depth, head_dim=head_dim, vocab_size=vocab_size, sequence_len=max(512, prompt_len + max_tokens),
-                           window_pattern="L", device=device).eval()
-    tok = Tokenizer.from_merges([bytes([i]) for i in range(256)])   # only its special ids are used
-    engine = Engine(model, tok)
-    prompt = torch.randint(0, 256, (prompt_len,)).tolist()           # byte ids: never a stop token
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"d{depth} (C={model.config.n_embd}, {model.config.n_head} heads of {head_dim}), vocab {vocab_size}, prompt {prompt_len}, "
-          f"{max_tokens} new tokens (naive: {naive_tokens}), {device}" + (f", {threads} thread{'s' * (threads != 1)}" if device == "cpu" else "")
-          + f", load average {load:.1f}")
-    print(f"{'loop':<8}{'batch':>6}{'prefill tok/s':>15}{'decode tok/s':>14}{'ms/step':>9}")
-    loops = {"engine": engine}
-    if peer:                                                         # nanochat's Engine on nanochat's GPT with our weights
-        ng, ne = import_peer(peer, "nanochat.gpt"), import_peer(peer, "nanochat.engine")
-        c = model.config
-        with torch.device("meta"):
-            pm = ng.GPT(ng.GPTConfig(sequence_len=c.sequence_len, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head,
-                                     n_kv_head=c.n_kv_head, n_embd=c.n_embd, window_pattern=c.window_pattern))
-        pm.to_empty(device=device); pm.init_weights(); pm.load_state_dict(model.state_dict(), strict=False); pm.eval()
-        loops["nanochat"] = ne.Engine(pm, tok)
-        _time_engine(loops["nanochat"], prompt[:16], 1, 4)
-    _time_engine(engine, prompt[:16], 1, 4)                          # warm-up
-    res = {}
-    for B in sizes:
-        for name in [*loops, "naive"]:
-            best = None
-            for r in range(repeats):
-                if name in loops: pf, dec, steps = _time_engine(loops[name], prompt, B, max_tokens, seed=r)
-                else: pf, dec, steps = _time_naive(model, prompt, B, naive_tokens, seed=r)
-                cur = (prompt_len / pf, B * steps / max(dec, 1e-9), dec / max(steps, 1) * 1e3)
-                best = cur if best is None else (max(best[0], cur[0]), max(best[1], cur[1]), min(best[2], cur[2]))
-            res[name, B] = best
-            print(f"{name:<8}{B:>6}{best[0]:>15,.0f}{best[1]:>14,.0f}{best[2]:>9.1f}")
-    parts = []
-    for B in sizes:
-        e, n = res["engine", B][1], res["naive", B][1]
-        s = f"batch {B}: decode {e:,.0f} tok/s, {e / n:.1f}x the naive loop"
-        if peer: s += f", {e / res['nanochat', B][1]:.2f}x nanochat's engine (same process)"
-        parts.append(s)
-    print("engine: " + "; ".join(parts))
-    return {f"{k[0]}_b{k[1]}": v for k, v in res.items()}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_eval.ipynb #ee32c2c7
 from __future__ import annotations
-import csv, json, math, os, random, shutil, tempfile, time, zipfile
+import csv, json, random, time
 from pathlib import Path
 
 import torch
@@ -12,15 +12,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 
-from .common import get_base_dir, print0
-from .download import DownloadError, download_file, file_lock
+from .common import print0
 
 # %% auto #0
-__all__ = ['CORE_NUM_TASKS', 'EVAL_BUNDLE_URL', 'TASK_TYPES', 'SAMPLE_TASKS', 'RENDERERS', 'centered_score', 'load_core_tasks',
-           'load_task_data', 'write_sample_bundle', 'unpack_bundle', 'get_eval_bundle', 'fewshot_indices',
-           'render_prompts_mc', 'render_prompts_schema', 'render_prompts_lm', 'common_length', 'continuation_spans',
-           'crop_left', 'stack_sequences', 'forward_model', 'evaluate_example', 'rank_items', 'task_correct',
-           'evaluate_task', 'evaluate_core', 'core_summary', 'format_core_table']
+__all__ = ['CORE_NUM_TASKS', 'TASK_TYPES', 'SAMPLE_TASKS', 'RENDERERS', 'centered_score', 'load_core_tasks', 'load_task_data',
+           'write_sample_bundle', 'fewshot_indices', 'render_prompts_mc', 'render_prompts_schema', 'render_prompts_lm',
+           'common_length', 'continuation_spans', 'crop_left', 'stack_sequences', 'forward_model', 'evaluate_example',
+           'rank_items', 'task_correct', 'evaluate_task', 'evaluate_core', 'core_summary', 'format_core_table']
 
 # %% ../nbs/08_eval.ipynb #90bd69b6
 CORE_NUM_TASKS = 22   # the tasks of the full CORE metric (the shared bundle holds 18 of them)
@@ -32,7 +30,6 @@ def centered_score(accuracy: float, baseline_percent: float) -> float:
     return (accuracy - b) / (1 - b)
 
 # %% ../nbs/08_eval.ipynb #95fbbcae
-EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 
 def load_core_tasks(bundle_dir) -> list[dict]:
@@ -94,43 +91,6 @@ def write_sample_bundle(bundle_dir) -> Path:
     (d / "core.yaml").write_text(yaml.safe_dump({"icl_tasks": tasks}, sort_keys=False), encoding="utf-8")
     (d / "eval_meta_data.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return d
-
-# %% ../nbs/08_eval.ipynb #5075a05c
-def _check_zip(path):
-    if not zipfile.is_zipfile(path): raise ValueError(f"{Path(path).name} is not a zip archive")
-
-def unpack_bundle(zip_path, target) -> Path:
-    "Extract the eval bundle in `zip_path` and rename the folder holding core.yaml onto `target` (atomic)."
-    target = Path(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp.", dir=target.parent))
-    try:
-        with zipfile.ZipFile(zip_path) as z: z.extractall(tmp)
-        found = sorted((p.parent for p in tmp.rglob("core.yaml")), key=lambda p: len(p.parts))
-        if not found: raise ValueError(f"{zip_path} holds no core.yaml: it is not an eval bundle")
-        os.replace(found[0], target)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-def get_eval_bundle(bundle_dir=None, url: str = EVAL_BUNDLE_URL, base_dir=None, retries: int = 5) -> Path:
-    "The eval bundle folder: `bundle_dir` if given, else `<base dir>/eval_bundle`, downloaded from `url` when absent."
-    if bundle_dir is not None:
-        d = Path(bundle_dir).expanduser()
-        if not (d / "core.yaml").is_file():
-            raise FileNotFoundError(f"--eval-bundle {d}: no core.yaml there; point it at the folder that holds core.yaml, "
-                                    "eval_meta_data.csv and eval_data/")
-        return d
-    target = Path(base_dir or get_base_dir()) / "eval_bundle"
-    if (target / "core.yaml").is_file(): return target
-    with file_lock(target):                     # one process per machine downloads and unpacks, the others wait
-        if (target / "core.yaml").is_file(): return target
-        zip_path = target.with_name("eval_bundle.zip")
-        try: download_file(url, zip_path, retries=retries, check=_check_zip, verbose=True)
-        except DownloadError as e:
-            raise DownloadError(f"{e} Or pass --eval-bundle DIR with an unpacked bundle.") from None
-        if target.exists(): shutil.rmtree(target)   # a folder without core.yaml is not a bundle
-        unpack_bundle(zip_path, target)
-        zip_path.unlink()
-    return target
 
 # %% ../nbs/08_eval.ipynb #3c421c59
 def fewshot_indices(n: int, idx: int, k: int) -> list[int]:

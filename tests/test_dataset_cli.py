@@ -101,7 +101,7 @@ def test_seed_from_fills_the_cache_the_loaders_read(tmp_path):
     env = {**cli_env(tmp_path), "NANOCHAT_HF_URL": "http://127.0.0.1:9"}          # any download attempt would fail
     p = run_module("dataset", "--seed-from", SHARED_DATA, env=env, timeout=120)
     assert "seeded gsm8k" in p.stdout and (tmp_path / "eval_bundle" / "core.yaml").is_file()
-    code = ("from nanochat_nb.tasks import GSM8K, HumanEval; from nanochat_nb.evaluate import get_eval_bundle, load_core_tasks;"
+    code = ("from nanochat_nb.tasks import GSM8K, HumanEval; from nanochat_nb.evaluate import load_core_tasks; from nanochat_nb.eval_bundle import get_eval_bundle;"
             "print(len(GSM8K('main', 'test')), len(GSM8K('main', 'train')), len(HumanEval()), len(load_core_tasks(get_eval_bundle(retries=1))))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

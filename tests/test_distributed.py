@@ -26,7 +26,7 @@ def results(prefix, world):
 
 
 def test_two_ranks_match_gradient_accumulation(tmp_path, base_env):
-    out = torchrun(2, ["-m", "nanochat_nb.distributed", "--steps", 5, "--out", tmp_path / "res"], base_env)
+    out = torchrun(2, ["-m", "nanochat_nb.dist_check", "--steps", 5, "--out", tmp_path / "res"], base_env)
     assert out.count("distributed: world 2") == 1, out        # printed by rank 0 only
     res = results(tmp_path / "res", 2)
     assert [r["rank"] for r in res] == [0, 1]
@@ -44,7 +44,8 @@ def test_two_ranks_match_gradient_accumulation(tmp_path, base_env):
 WORKER = textwrap.dedent("""
     import copy, io, json, sys, torch, torch.distributed as dist
     from nanochat_nb.common import compute_init, compute_cleanup
-    from nanochat_nb.distributed import DistMuonAdamW, check_against_accumulation, make_optimizer
+    from nanochat_nb.distributed import DistMuonAdamW, make_optimizer
+    from nanochat_nb.dist_check import check_against_accumulation
     from nanochat_nb.optim import MuonAdamW
     from nanochat_nb.gpt import GPTConfig, build_model
     _, rank, _, world, device = compute_init("cpu")
@@ -119,6 +120,6 @@ def test_world_of_one_and_bad_input(base_env):
         DistMuonAdamW(groups)
     with pytest.raises(ValueError, match="rank=3"):
         shard_rows(10, 2, 3)
-    p = subprocess.run([sys.executable, "-m", "nanochat_nb.distributed", "--collectives", "fast"], env=base_env,
+    p = subprocess.run([sys.executable, "-m", "nanochat_nb.dist_check", "--collectives", "fast"], env=base_env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "--collectives 'fast'" in p.stderr, p.stderr
