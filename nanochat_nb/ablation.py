@@ -112,7 +112,7 @@ class AblationGPT(nn.Module):
         h = self.layers[i]["fc"](x)
         return self.layers[i]["fc_proj"](F.relu(h).square() if self.arch.relu2 else F.gelu(h))
 
-    def forward(self, idx, targets=None, reduction: str = "mean"):
+    def forward(self, idx, targets=None, loss_reduction: str = "mean"):
         "Logits (B, T, V), or the cross-entropy against `targets` (-1 ignored)."
         a, (B, T) = self.arch, idx.shape
         x = self.wte(idx) + (0 if a.rope else self.wpe(torch.arange(T, device=idx.device)))
@@ -130,7 +130,7 @@ class AblationGPT(nn.Module):
         logits = self.head(x) if a.untied else x @ self.wte.weight.T
         if a.softcap: logits = 15 * torch.tanh(logits / 15)
         if targets is None: return logits
-        return F.cross_entropy(logits.float().view(-1, self.V), targets.reshape(-1), ignore_index=-1, reduction=reduction)
+        return F.cross_entropy(logits.float().view(-1, self.V), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction)
 
 # %% ../nbs/02a_ablations.ipynb #4ddd7a30
 def token_rows(ids: list[int], seq_len: int) -> torch.Tensor:
@@ -142,12 +142,12 @@ def token_rows(ids: list[int], seq_len: int) -> torch.Tensor:
 
 @torch.no_grad()
 def bits_per_byte(model, rows: torch.Tensor, token_bytes: torch.Tensor, batch: int = 32) -> float:
-    "Summed cross-entropy of the rows' targets in bits, over the bytes of those targets."
+    "Summed cross-entropy of the rows' targets in bits, over the bytes of those targets (any model taking `loss_reduction`, as chapter 02's GPT does)."
     model.eval()
     nats = nbytes = 0.0
     for i in range(0, len(rows), batch):
         r = rows[i:i + batch]
-        nats += model(r[:, :-1], r[:, 1:], reduction="sum").item()
+        nats += model(r[:, :-1], r[:, 1:], loss_reduction="sum").item()
         nbytes += token_bytes[r[:, 1:]].sum().item()
     model.train()
     return nats / math.log(2) / nbytes

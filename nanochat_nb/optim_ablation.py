@@ -10,10 +10,10 @@ import torch
 
 from .gpt import build_model, config_from_depth
 from .optim import MuonAdamW
+from .ablation import bits_per_byte
 
 # %% auto #0
-__all__ = ['VARIANTS', 'optimizer_for', 'gpt_bits_per_byte', 'train_with', 'sweep_adamw', 'compare_optimizers',
-           'format_comparison', 'plot_comparison']
+__all__ = ['VARIANTS', 'optimizer_for', 'train_with', 'sweep_adamw', 'compare_optimizers', 'format_comparison', 'plot_comparison']
 
 # %% ../nbs/03a_optim_ablation.ipynb #b35a1e21
 VARIANTS = {
@@ -37,18 +37,6 @@ def optimizer_for(model, variant: str, matrix_lr: float = 0.02, adamw_lr: float 
     return MuonAdamW(out)
 
 # %% ../nbs/03a_optim_ablation.ipynb #9b8d00e1
-@torch.no_grad()
-def gpt_bits_per_byte(model, rows: torch.Tensor, token_bytes: torch.Tensor, batch: int = 32) -> float:
-    "Bits per byte of the rows' targets: summed cross-entropy in bits over the bytes those targets spell."
-    model.eval()
-    nats = nbytes = 0.0
-    for i in range(0, len(rows), batch):
-        r = rows[i:i + batch]
-        nats += model(r[:, :-1], r[:, 1:], loss_reduction="sum").item()
-        nbytes += token_bytes[r[:, 1:]].sum().item()
-    model.train()
-    return nats / math.log(2) / nbytes
-
 def train_with(variant: str, train_rows: torch.Tensor, val_rows: torch.Tensor, token_bytes: torch.Tensor, vocab_size: int,
                steps: int = 100, batch: int = 16, depth: int = 2, seed: int = 0, **opt_kw) -> dict:
     "Train a fresh GPT for `steps` with `variant`'s optimizer; its validation bpb, loss curve and time."
@@ -67,7 +55,7 @@ def train_with(variant: str, train_rows: torch.Tensor, val_rows: torch.Tensor, t
         for g in opt.param_groups: g["lr"] = g["initial_lr"] * lrm
         opt.step(); model.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    return dict(variant=variant, val_bpb=gpt_bits_per_byte(model, val_rows, token_bytes), losses=losses, seconds=time.perf_counter() - t0)
+    return dict(variant=variant, val_bpb=bits_per_byte(model, val_rows, token_bytes), losses=losses, seconds=time.perf_counter() - t0)
 
 # %% ../nbs/03a_optim_ablation.ipynb #1f159b98
 def sweep_adamw(train_rows, val_rows, token_bytes, vocab_size: int, lrs=(1e-2, 3e-2, 1e-1), **kw) -> dict:
