@@ -14,7 +14,7 @@ __all__ = ['BENCHMARKS', 'get_benchmark', 'list_benchmarks', 'main', 'bench_fp8'
 # %% ../nbs/90_bench.ipynb #ac3990b8
 BENCHMARKS = {  # name -> (module, function, what it measures)
     "corpus": ("nanochat_nb.dataset", "bench_corpus", "embedded corpus generation rate"),
-    "tokenizer": ("nanochat_nb.tokenizer", "bench_tokenizer", "BPE training and encoding vs rustbpe / tiktoken"),
+    "tokenizer": ("nanochat_nb.tok_bench", "bench_tokenizer", "BPE training and encoding vs rustbpe / tiktoken"),
     "train": ("nanochat_nb.optim_bench", "bench_train", "forward + backward + optimizer step, tokens/s"),
     "optim": ("nanochat_nb.optim_bench", "bench_optim", "MuonAdamW step: stacked vs per-matrix Muon, fused vs plain AdamW"),
     "pack": ("nanochat_nb.dataloader", "bench_pack", "best-fit packing, fast vs naive"),
