@@ -15,42 +15,13 @@ from nanochat_nb.common import (atomic_path, autodetect_device_type, compute_cle
 from .cli import script
 from .checkpoint import checkpoints_root, find_largest_model, find_last_step, load_model
 from .evaluate import rank_items
-from .tasks import ARC, GSM8K, MMLU, HumanEval, SpellingBee, Task
-from .cpu_tasks import CPUChat
 from .engine import Engine
+from .chat_eval_args import (BASELINES, TASK_NAMES, TASK_FOLDERS, EXTRA_TASKS, parse_task_names, load_task,
+    check_sampling_flags, rank_and_world, num_problems, sum_counts, progress_line, model_device, chat_eval_path)
 
 # %% auto #0
-__all__ = ['BASELINES', 'TASK_NAMES', 'TASK_FOLDERS', 'EXTRA_TASKS', 'parse_task_names', 'load_task', 'centered_accuracy',
-           'chatcore', 'choice_token_ids', 'predict_letters', 'run_categorical_eval', 'run_generative_eval',
-           'run_chat_eval', 'format_chat_table', 'chat_eval_path', 'main']
-
-# %% ../nbs/09c_chat_eval.ipynb #c23915cf
-BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
-TASK_NAMES = tuple(BASELINES)
-TASK_FOLDERS = {"ARC-Easy": "arc", "ARC-Challenge": "arc", "MMLU": "mmlu", "GSM8K": "gsm8k", "HumanEval": "humaneval",
-                "SpellingBee": "spellingbee"}
-EXTRA_TASKS = ("CPUChat",)   # built in, graded per skill, not part of ChatCORE (no download, never in the default list)
-
-def parse_task_names(spec: str | None) -> list[str]:
-    "The task names of an `-a` value ('|'-separated; empty or None: all six), checked, in the order given."
-    if spec is None or not spec.strip(): return list(TASK_NAMES)
-    names = [s.strip() for s in spec.split("|") if s.strip()]
-    bad = [s for s in names if s not in BASELINES and s not in EXTRA_TASKS]
-    if bad or not names:
-        raise ValueError(f"-a {spec!r}: " + (f"unknown task {bad[0]!r}" if bad else "no task named")
-                         + f"; choose from {'|'.join(TASK_NAMES + EXTRA_TASKS)} (one, or several joined by '|')")
-    return list(dict.fromkeys(names))
-
-def load_task(name: str, tasks_dir=None) -> Task:
-    "The evaluation split of task `name`, read from `tasks_dir/<folder>` when given (else downloaded, or $NANOCHAT_TASKS_DIR)."
-    parse_task_names(name)
-    if name == "CPUChat": return CPUChat(per_skill=40, seed=0)
-    data_dir = None if tasks_dir is None else Path(tasks_dir).expanduser() / TASK_FOLDERS[name]
-    if name in ("ARC-Easy", "ARC-Challenge"): return ARC(subset=name, split="test", data_dir=data_dir)
-    if name == "MMLU": return MMLU(subset="all", split="test", data_dir=data_dir)
-    if name == "GSM8K": return GSM8K(subset="main", split="test", data_dir=data_dir)
-    if name == "HumanEval": return HumanEval(data_dir=data_dir)
-    return SpellingBee(size=256, split="test", data_dir=data_dir)
+__all__ = ['centered_accuracy', 'chatcore', 'choice_token_ids', 'predict_letters', 'run_categorical_eval', 'run_generative_eval',
+           'run_chat_eval', 'format_chat_table', 'main']
 
 # %% ../nbs/09c_chat_eval.ipynb #4b109f4b
 def centered_accuracy(accuracy: float, baseline: float) -> float:
@@ -77,11 +48,6 @@ def choice_token_ids(tokenizer, letters) -> list[int]:
         ids.append(enc[0])
     return ids
 
-def _model_device(model) -> torch.device:
-    if hasattr(model, "get_device"): return model.get_device()
-    p = next(model.parameters(), None) if hasattr(model, "parameters") else None
-    return p.device if p is not None else torch.device("cpu")
-
 @torch.inference_mode()
 def predict_letters(model, tokenizer, conversations: list) -> tuple[list[str], list[torch.Tensor]]:
     "Batched: for each conversation the letter with the highest logit after <|assistant_start|>, and the letters' logits."
@@ -91,7 +57,7 @@ def predict_letters(model, tokenizer, conversations: list) -> tuple[list[str], l
     B, T = len(prompts), max(map(len, prompts))
     ids = torch.full((B, T), tokenizer.get_bos_token_id(), dtype=torch.long)
     for i, p in enumerate(prompts): ids[i, :len(p)] = torch.tensor(p)
-    logits = model(ids.to(_model_device(model)))
+    logits = model(ids.to(model_device(model)))
     pos = torch.tensor([len(p) - 1 for p in prompts], device=logits.device)
     last = logits[torch.arange(B, device=logits.device), pos].float()              # (B, V): each row at its last prompt token
     letters, scores = [], []
@@ -101,40 +67,21 @@ def predict_letters(model, tokenizer, conversations: list) -> tuple[list[str], l
     return letters, scores
 
 # %% ../nbs/09c_chat_eval.ipynb #fc8c3474
-def _rank_and_world(rank, world_size):
-    if rank is not None and world_size is not None: return rank, world_size
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-def _num_problems(task, max_problems) -> int:
-    if max_problems is not None and max_problems < 1: raise ValueError(f"--max-problems {max_problems} must be >= 1 (or unset: all)")
-    return len(task) if max_problems is None else min(max_problems, len(task))
-
-def _sum_counts(correct: int, total: int, device) -> tuple[int, int]:
-    "Counts summed over the process group (unchanged in a single process)."
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return correct, total
-    t = torch.tensor([correct, total], dtype=torch.long, device=device)
-    dist.all_reduce(t)
-    return int(t[0]), int(t[1])
-
-def _progress(name, done, n, correct, on):
-    if on: print0(f"\r\033[K{name}: {done}/{n} | {correct}/{done} right ({100 * correct / max(done, 1):.2f}%)", end="")
-
 def run_categorical_eval(task, model, tokenizer, batch_size: int = 8, max_problems: int | None = None,
                          rank: int | None = None, world_size: int | None = None, progress: bool = False) -> dict:
     "Accuracy of the letter the model prefers, over the first `max_problems` examples (all ranks summed)."
-    if batch_size < 1: raise ValueError(f"--batch-size {batch_size} must be >= 1")
-    rank, world_size = _rank_and_world(rank, world_size)
-    n = _num_problems(task, max_problems)
+    check_sampling_flags(batch_size=batch_size, max_problems=max_problems)
+    rank, world_size = rank_and_world(rank, world_size)
+    n = num_problems(task, max_problems)
     mine = list(rank_items(n, rank, world_size))
     correct = 0
     for k in range(0, len(mine), batch_size):
         convs = [task[i] for i in mine[k:k + batch_size]]
         letters, _ = predict_letters(model, tokenizer, convs)
         correct += sum(int(bool(task.evaluate(c, l))) for c, l in zip(convs, letters))
-        _progress(repr(task), min(k + batch_size, len(mine)), len(mine), correct, progress)
+        progress_line(repr(task), min(k + batch_size, len(mine)), len(mine), correct, progress)
     if progress: print0()
-    correct, total = _sum_counts(correct, len(mine), _model_device(model))
+    correct, total = sum_counts(correct, len(mine), model_device(model))
     return dict(correct=correct, total=total, accuracy=correct / total if total else 0.0)
 
 # %% ../nbs/09c_chat_eval.ipynb #a7222494
@@ -142,15 +89,10 @@ def run_generative_eval(task, model, tokenizer, num_samples: int = 1, max_new_to
                         top_k: int | None = 50, seed: int = 42, max_problems: int | None = None, rank: int | None = None,
                         world_size: int | None = None, generate=None, progress: bool = False) -> dict:
     "pass@`num_samples` of sampled replies, graded by `task.evaluate`, over the first `max_problems` examples (all ranks summed)."
-    if num_samples < 1: raise ValueError(f"--num-samples {num_samples} must be >= 1")
-    if max_new_tokens < 1: raise ValueError(f"--max-new-tokens {max_new_tokens} must be >= 1")
-    if temperature < 0: raise ValueError(f"--temperature {temperature} must be >= 0 (0: greedy)")
-    if temperature == 0 and num_samples > 1:
-        raise ValueError(f"--num-samples {num_samples} with --temperature 0 would sample the same greedy reply "
-                         f"{num_samples} times; use a temperature > 0 for pass@k")
+    check_sampling_flags(num_samples, max_new_tokens, temperature, max_problems=max_problems)   # pass@k needs temperature > 0
     generate = generate or Engine(model, tokenizer).generate_batch
-    rank, world_size = _rank_and_world(rank, world_size)
-    n = _num_problems(task, max_problems)
+    rank, world_size = rank_and_world(rank, world_size)
+    n = num_problems(task, max_problems)
     mine = list(rank_items(n, rank, world_size))
     correct = 0
     skills = {s: [0, 0] for s in getattr(task, "skills", ())}   # per-skill [correct, total] for exams that tag examples
@@ -167,12 +109,12 @@ def run_generative_eval(task, model, tokenizer, num_samples: int = 1, max_new_to
             skills[conv["skill"]][0] += ok; skills[conv["skill"]][1] += 1
             if skills[conv["skill"]][1] <= 2:
                 samples.append(dict(skill=conv["skill"], messages=conv["messages"][:-1], reply=replies[0], correct=bool(ok)))
-        _progress(repr(task), done, len(mine), correct, progress)
+        progress_line(repr(task), done, len(mine), correct, progress)
     if progress: print0()
-    correct, total = _sum_counts(correct, len(mine), _model_device(model))
+    correct, total = sum_counts(correct, len(mine), model_device(model))
     out = dict(correct=correct, total=total, accuracy=correct / total if total else 0.0, num_samples=num_samples)
     if skills:
-        summed = {s: _sum_counts(c, t, _model_device(model)) for s, (c, t) in skills.items()}
+        summed = {s: sum_counts(c, t, model_device(model)) for s, (c, t) in skills.items()}
         out["skills"] = {s: dict(correct=c, total=t, accuracy=c / t if t else 0.0) for s, (c, t) in summed.items()}
         out["samples"] = samples
     return out
@@ -206,10 +148,6 @@ def format_chat_table(results: dict) -> str:
     tail = f" (partial: over {len(scored)}/6 tasks, missing {'|'.join(missing)})" if missing else ""
     return "\n".join(lines) + f"\n\nChatCORE {chatcore(scored):.4f}{tail}"
 
-def chat_eval_path(source: str, model_tag: str, step: int, base_dir=None) -> Path:
-    "`<base dir>/chat_eval/<source>_<tag>_<step>.json`."
-    return Path(base_dir or get_base_dir()) / "chat_eval" / f"{source}_{model_tag}_{step:06d}.json"
-
 # %% ../nbs/09c_chat_eval.ipynb #3916c0e1
 @script(short={"source": "-i", "task_name": "-a"})
 def main(task_name: str = "|".join(TASK_NAMES),   # one task, or several joined by '|' (quote it in a shell)
@@ -226,12 +164,7 @@ def main(task_name: str = "|".join(TASK_NAMES),   # one task, or several joined 
          device_type: str = ""):                  # cuda, cpu or mps (default: autodetect)
     "Evaluate a chat model on ARC, MMLU, GSM8K, HumanEval and SpellingBee, and report ChatCORE (nanochat's chat_eval)."
     names = parse_task_names(task_name)
-    if batch_size < 1: raise ValueError(f"--batch-size {batch_size} must be >= 1")
-    if num_samples < 1 or max_new_tokens < 1: raise ValueError(f"--num-samples {num_samples} and --max-new-tokens {max_new_tokens} must be >= 1")
-    if max_problems is not None and max_problems < 1: raise ValueError(f"--max-problems {max_problems} must be >= 1 (or unset: all)")
-    if temperature < 0 or top_k < 0: raise ValueError(f"--temperature {temperature} and --top-k {top_k} must be >= 0")
-    if temperature == 0 and num_samples > 1:
-        raise ValueError(f"--num-samples {num_samples} needs --temperature > 0 (greedy replies are all the same)")
+    check_sampling_flags(num_samples, max_new_tokens, temperature, top_k, batch_size, max_problems)
     root = checkpoints_root(source)
     model_tag = model_tag or find_largest_model(root)
     step = find_last_step(root / model_tag) if step is None else step

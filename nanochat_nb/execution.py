@@ -8,10 +8,10 @@ import ast, dataclasses, math, re, time
 from concurrent.futures import ThreadPoolExecutor
 
 # %% auto #0
-__all__ = ['CALC_MAX_CHARS', 'CALC_MAX_NODES', 'CALC_MAX_ABS', 'CALC_MAX_SECONDS', 'CALC_ANNOTATION_RE', 'HOSTILE_PROGRAMS',
-           'CalculatorError', 'calc_eval', 'format_number', 'use_calculator', 'find_calculator_annotations',
-           'AnnotationReport', 'check_calculator_annotations', 'hostile_programs', 'humaneval_program', 'execute_many',
-           'humaneval_grader', 'check_humaneval', 'check_humaneval_many']
+__all__ = ['CALC_MAX_CHARS', 'CALC_MAX_NODES', 'CALC_MAX_ABS', 'CALC_MAX_SECONDS', 'CALC_ANNOTATION_RE', 'CalculatorError',
+           'calc_eval', 'format_number', 'use_calculator', 'find_calculator_annotations', 'AnnotationReport',
+           'check_calculator_annotations', 'humaneval_program', 'execute_many', 'humaneval_grader', 'check_humaneval',
+           'check_humaneval_many']
 
 # %% ../nbs/09_execution.ipynb #52b54ce0
 CALC_MAX_CHARS = 1000    # longest expression accepted
@@ -125,32 +125,7 @@ def check_calculator_annotations(answers, rel_tol: float = 1e-6, abs_tol: float 
 # %% ../nbs/09_execution.ipynb #826a03fe
 from .sandbox import (SANDBOX_ENV, ExecutionResult, SandboxUnavailableError, execute_code,
                                  isolation_problem, resolve_isolation, sandbox_mode)
-
-# %% ../nbs/09_execution.ipynb #34696d84
-HOSTILE_PROGRAMS = {
-    "infinite loop": "while True:\n    pass",
-    "sleep forever": "import time\ntime.sleep(10**6)",
-    "fork bomb": "import os\nwhile True:\n    os.fork()",
-    "50 GB allocation": "x = bytearray(50 * 2**30)",
-    "50 GB list": "x = [0] * (50 * 2**30 // 8)",
-    "os.system": "import os\nos.system('echo pwned > /tmp/nanochat_pwned.txt')",
-    "subprocess": "import subprocess\nsubprocess.run(['sh', '-c', 'echo pwned'])",
-    "delete a file outside": "import os\nos.remove({path!r})",
-    "rmtree outside": "import shutil\nshutil.rmtree({dir!r})",
-    "write a file outside": "open({dir!r} + '/left_behind.txt', 'w').write('x')",
-    "sys.exit(0)": "import sys\nsys.exit(0)",
-    "os._exit(0)": "import os\nos._exit(0)",
-    "kill the parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
-    "kill the parent's group": "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)",
-    "print 1 GB": "import sys\nchunk = 'x' * 2**20\nfor _ in range(1024):\n    sys.stdout.write(chunk)",
-    "print 1 GB at once": "print('x' * 2**30)",
-    "fill the disk": "with open('big.bin', 'wb') as f:\n    f.write(b'x' * (64 * 2**20))",
-    "ctypes": "import ctypes\nctypes.CDLL(None).fork()",
-}
-
-def hostile_programs(path, dir) -> dict[str, str]:
-    "`HOSTILE_PROGRAMS`, aimed at the file `path` and the folder `dir` (both outside the sandbox)."
-    return {k: v.format(path=str(path), dir=str(dir)) for k, v in HOSTILE_PROGRAMS.items()}
+from .sandbox import HOSTILE_PROGRAMS, hostile_programs
 
 # %% ../nbs/09_execution.ipynb #9c319cd1
 def humaneval_program(problem: dict, completion: str) -> str:

@@ -12,12 +12,13 @@ from fastcore.basics import patch
 
 from .common import print0
 from .gpt import GPT
+from .optim_groups import (ADAMW_DEFAULTS, MUON_DEFAULTS, GROUP_KINDS, check_param_group, check_optimizer_state,
+                                      can_fuse_adamw, fused_adamw_)
 
 # %% auto #0
-__all__ = ['POLAR_EXPRESS_COEFFS', 'MUON_EPS', 'ADAMW_DEFAULTS', 'MUON_DEFAULTS', 'GROUP_KINDS', 'polar_express_coeffs',
-           'polar_express', 'ortho_dtype', 'equilibrate_rows', 'orthogonalize', 'normuon_', 'second_moment_shape',
-           'cautious_update_', 'muon_lr_scale', 'muon_update_', 'adamw_update_', 'check_param_group',
-           'muon_param_groups', 'MuonAdamW']
+__all__ = ['POLAR_EXPRESS_COEFFS', 'MUON_EPS', 'polar_express_coeffs', 'polar_express', 'ortho_dtype', 'equilibrate_rows',
+           'orthogonalize', 'normuon_', 'second_moment_shape', 'cautious_update_', 'muon_lr_scale', 'muon_update_',
+           'adamw_update_', 'muon_param_groups', 'MuonAdamW']
 
 # %% ../nbs/03_muon.ipynb #c91089ca
 POLAR_EXPRESS_COEFFS = [
@@ -108,10 +109,6 @@ def muon_update_(P: Tensor, G: Tensor, state: dict, group: dict) -> Tensor:
     return P
 
 # %% ../nbs/03_muon.ipynb #1fcd4af0
-def _can_fuse_adamw(p: Tensor, grad: Tensor) -> bool:
-    return (hasattr(torch, "_fused_adamw_") and p.dtype == grad.dtype == torch.float32 and p.device.type in ("cpu", "cuda")
-            and p.is_contiguous() and grad.is_contiguous())
-
 def adamw_update_(p: Tensor, grad: Tensor, state: dict, group: dict, fused: bool | None = None) -> Tensor:
     "One AdamW step on `p` in place, fp32 math whatever `p`'s dtype; moments and step count live in `state`."
     if "step" not in state:
@@ -121,11 +118,7 @@ def adamw_update_(p: Tensor, grad: Tensor, state: dict, group: dict, fused: bool
     state["step"] += 1
     t, (b1, b2), lr, eps, wd = state["step"], group["betas"], group["lr"], group["eps"], group["weight_decay"]
     m, v = state["exp_avg"], state["exp_avg_sq"]
-    if fused is None: fused = _can_fuse_adamw(p, grad)
-    if fused:   # the same math in one kernel; it takes the step count as a tensor and does not increment it
-        torch._fused_adamw_([p], [grad], [m], [v], [], [torch.full((), float(t), device=p.device)], lr=lr, beta1=b1,
-                            beta2=b2, weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
-        return p
+    if fused if fused is not None else can_fuse_adamw(p, grad): return fused_adamw_(p, grad, m, v, t, group)
     g, p32 = grad.float(), p.float()
     p32.mul_(1 - lr * wd)
     m.lerp_(g, 1 - b1)
@@ -136,54 +129,6 @@ def adamw_update_(p: Tensor, grad: Tensor, state: dict, group: dict, fused: bool
     return p
 
 # %% ../nbs/03_muon.ipynb #5b1dc25a
-ADAMW_DEFAULTS = dict(betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0)
-MUON_DEFAULTS = dict(momentum=0.95, ns_steps=5, beta2=0.9, weight_decay=0.0)
-GROUP_KINDS = {"adamw": ADAMW_DEFAULTS, "muon": MUON_DEFAULTS}
-
-def check_param_group(group, index: int = 0) -> dict:
-    "Validate a MuonAdamW group dict and fill in defaults; a ValueError naming group `index` and the fix otherwise."
-    where = f"param group {index}"
-    if not isinstance(group, dict):
-        raise ValueError(f"{where} is a {type(group).__name__}; MuonAdamW takes a list of dicts like "
-                         "dict(kind='adamw'|'muon', params=[...], lr=...)")
-    kind = group.get("kind")
-    if kind not in GROUP_KINDS:
-        raise ValueError(f"{where} has kind={kind!r}; use kind='adamw' (embeddings, lm_head, scalars) or "
-                         "kind='muon' (2D hidden matrices of one shape)")
-    where = f"{where} (kind={kind!r})"
-    if "params" not in group: raise ValueError(f"{where} has no 'params'; give it a list of tensors")
-    params = [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
-    if "lr" not in group: raise ValueError(f"{where} has no 'lr'; give every group a learning rate, e.g. lr=0.02")
-    lr = group["lr"]
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"{where} has lr={lr!r}; it must be a finite number >= 0")
-    group = {**GROUP_KINDS[kind], **group, "params": params}
-    if not 0 <= group["weight_decay"] < float("inf"):
-        raise ValueError(f"{where} has weight_decay={group['weight_decay']!r}; it must be >= 0")
-    if kind == "adamw":
-        b = group["betas"]
-        if not (isinstance(b, (tuple, list)) and len(b) == 2 and all(0 <= x < 1 for x in b)):
-            raise ValueError(f"{where} has betas={b!r}; it must be a pair (beta1, beta2), each in [0, 1)")
-        group["betas"] = tuple(b)
-        if not group["eps"] > 0: raise ValueError(f"{where} has eps={group['eps']!r}; it must be > 0, e.g. 1e-10")
-        return group
-    bad = [(i, p) for i, p in enumerate(params) if p.ndim != 2]
-    if bad:
-        i, p = bad[0]
-        raise ValueError(f"{where}: params[{i}] has shape {tuple(p.shape)}; Muon orthogonalizes 2D matrices, so put "
-                         "vectors, scalars and other tensors in a kind='adamw' group")
-    shapes = sorted({tuple(p.shape) for p in params})
-    if len(shapes) > 1:
-        raise ValueError(f"{where} mixes shapes {shapes}; Muon stacks the matrices of a group, so make one muon "
-                         "group per shape (muon_param_groups does this)")
-    if not 0 <= group["momentum"] < 1: raise ValueError(f"{where} has momentum={group['momentum']!r}; it must be in [0, 1)")
-    if group["beta2"] is not None and not 0 <= group["beta2"] <= 1:
-        raise ValueError(f"{where} has beta2={group['beta2']!r}; it must be in [0, 1] (1 keeps the first step's "
-                         "second moment, as nanochat allows), or None to turn NorMuon off")
-    if not (isinstance(group["ns_steps"], int) and group["ns_steps"] >= 1):
-        raise ValueError(f"{where} has ns_steps={group['ns_steps']!r}; it must be an int >= 1 (nanochat uses 5)")
-    return group
-
 def muon_param_groups(params, lr: float, **kwargs) -> list[dict]:
     "One kind='muon' group per distinct shape of the 2D tensors `params` (largest first), each with `lr` and `kwargs`."
     by_shape = {}
@@ -225,16 +170,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict):
         "Load like torch, but keep floating-point state in the dtype it was saved in (fp32), not the parameter's."
-        if "zero" in state_dict:   # one rank's shard of a ZeRO-2 state (chapter 05) holds only part of the moments
-            z = state_dict["zero"]
-            raise ValueError(f"this is rank {z['rank']}'s shard of an optimizer state saved by {z['world_size']} ranks "
-                             f"(ZeRO-2); one MuonAdamW needs the whole state: resume with {z['world_size']} processes "
-                             f"(torchrun --nproc_per_node={z['world_size']})")
-        have = [(g["kind"], len(g["params"])) for g in self.param_groups]
-        got = [(g.get("kind"), len(g["params"])) for g in state_dict["param_groups"]]
-        if have != got:
-            raise ValueError(f"this optimizer state does not fit: it holds groups (kind, #params) {got}, but this "
-                             f"optimizer has {have}; it was saved for another model or optimizer setup")
+        check_optimizer_state(self.param_groups, state_dict)   # a ValueError naming the fix if it does not fit
         super().load_state_dict(state_dict)
         saved = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
