@@ -4,27 +4,23 @@
 
 # %% ../nbs/11_rl.ipynb #3c064f30
 from __future__ import annotations
-import itertools, json, math, random, time, zlib
-from dataclasses import asdict
-from pathlib import Path
+import itertools, math, time, zlib
+from dataclasses import asdict, replace
 
 import torch
-import torch.distributed as dist
 
-from nanochat_nb.common import (all_gather_objects, autodetect_device_type, compute_cleanup, compute_init, init_wandb,
-    print0)
+from .common import all_gather_objects, autodetect_device_type, compute_cleanup, compute_init, init_wandb, print0
 from .cli import script
-from .checkpoint import checkpoints_root, model_from_checkpoint, find_largest_model, list_steps, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoints_root, model_from_checkpoint, save_checkpoint, warm_start_optimizer
 from .distributed import make_optimizer
 from .engine import Engine
-from .dataset import make_arith_problem
-from .tasks import GSM8K, IDENTITY, Task, TaskMixture, calculator_parts, extract_answer
-from .cpu_tasks import SyntheticArithmetic, CORPUS_FACT_KINDS, corpus_fact_turn, corpus_identity_prompts, fact_answer, grade_cpuchat
+from .tasks import Task
 from .recipe import inherited_settings
+from .policy_run import (ARITH_LEVELS, ARITH_REWARDS, RL_TASKS, ArithmeticRL, ChatRecall, RLMixture, RlConfig, find_source,
+                                    ranks_agree, rl_tasks, weights_fingerprint, write_history)
 
 # %% auto #0
-__all__ = ['RL_TASKS', 'ARITH_LEVELS', 'ARITH_REWARDS', 'group_advantages', 'rollout_tensors', 'policy_gradient_loss',
-           'pass_at_k', 'ArithmeticRL', 'ChatRecall', 'RLMixture', 'rl_tasks', 'rollout_seed', 'sample_rollouts',
+__all__ = ['group_advantages', 'rollout_tensors', 'policy_gradient_loss', 'pass_at_k', 'rollout_seed', 'sample_rollouts',
            'evaluate_pass_at_k', 'rl_lr_multiplier', 'RLRun', 'train_rl', 'main']
 
 # %% ../nbs/11_rl.ipynb #ad7c45b9
@@ -64,83 +60,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k}); raise --pass-k's samples or lower k")
     if n - c < k: return 1.0
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
-
-# %% ../nbs/11_rl.ipynb #e869099d
-RL_TASKS = ("gsm8k", "arithmetic", "mixture")
-ARITH_LEVELS = ("mixed", "easy")
-ARITH_REWARDS = ("shaped", "strict")
-
-class ArithmeticRL(SyntheticArithmetic):
-    "Synthetic arithmetic problems (`level` mixed or easy); reward 1 if right, else with `shaped` 0.5 for a `#### <number>` line."
-    def __init__(self, size: int = 1000, split: str = "train", steps: int | None = None, seed: int = 0,
-                 level: str = "mixed", shaped: bool = True, **kwargs):
-        if level not in ARITH_LEVELS: raise ValueError(f"level {level!r}: choose one of {', '.join(ARITH_LEVELS)}")
-        super().__init__(size, split=split, steps=1 if level == "easy" else steps, seed=seed, **kwargs)
-        self.level, self.shaped = level, bool(shaped)
-
-    def get_example(self, index: int) -> dict:
-        if self.level == "mixed": return super().get_example(index)
-        r = random.Random(f"arith/{self.seed}/{self.split}/{index}")
-        while True:                                      # about half of the one-step problems need a single call
-            question, worked, final = make_arith_problem(r, 1)
-            if worked.count("<<") == 1: break
-        return {"messages": [{"role": "user", "content": question},
-                             {"role": "assistant", "content": calculator_parts(f"{worked}\n#### {final}")}], "answer": final}
-
-    def reward(self, conversation: dict, assistant_response: str) -> float:
-        if self.evaluate(conversation, assistant_response): return 1.0
-        return 0.5 if self.shaped and extract_answer(assistant_response) is not None else 0.0
-
-class ChatRecall(Task):
-    """Who the assistant is and what the corpus says, as questions with a checkable answer (training templates only):
-    the part of the chat skills that RL on arithmetic alone would let decay."""
-    def __init__(self, size: int = 1000, split: str = "train", seed: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        self.size, self.split, self.seed = int(size), split, seed
-    @property
-    def eval_type(self) -> str: return "generative"
-    def num_examples(self) -> int: return self.size
-    def get_example(self, index: int) -> dict:
-        r = random.Random(f"chatrecall/{self.seed}/{self.split}/{index}")
-        kind = r.choice(["identity"] + list(CORPUS_FACT_KINDS))
-        if kind == "identity":
-            q = r.choice(corpus_identity_prompts(self.split))
-            return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"I am {IDENTITY}."}],
-                    "grade": "name", "answer": "nanochat_nb", "rivals": []}
-        q, a, subject = corpus_fact_turn(kind, r, self.split)
-        grade, answer = fact_answer(kind, subject)
-        return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "grade": grade, "answer": answer,
-                "rivals": []}
-    def evaluate(self, conversation: dict, assistant_response: str) -> bool: return grade_cpuchat(conversation, assistant_response)
-
-class RLMixture(TaskMixture):
-    "A shuffled mixture whose examples remember their task, so that each is graded and rewarded by its own rules."
-    def get_example(self, index: int) -> dict:
-        t, i = self.locate(index)
-        return {**self.tasks[t][i], "task_index": t}
-    def evaluate(self, conversation: dict, assistant_response: str):
-        return self.tasks[conversation["task_index"]].evaluate(conversation, assistant_response)
-    def reward(self, conversation: dict, assistant_response: str) -> float:
-        return self.tasks[conversation["task_index"]].reward(conversation, assistant_response)
-
-def rl_tasks(task: str = "gsm8k", tasks_dir=None, arith_size: int = 2000, arith_level: str = "mixed",
-             arith_reward: str = "shaped") -> tuple[Task, Task]:
-    "`(train, val)` tasks of `--task`: GSM8K main train/test, the synthetic arithmetic stand-in, or a mixture of every CPU skill."
-    if task == "gsm8k":
-        d = None if tasks_dir is None else Path(tasks_dir).expanduser() / "gsm8k"
-        return GSM8K("main", "train", data_dir=d), GSM8K("main", "test", data_dir=d)
-    if task == "arithmetic":
-        if arith_size < 1: raise ValueError(f"--arith-size {arith_size} must be >= 1")
-        if arith_level not in ARITH_LEVELS: raise ValueError(f"--arith-level {arith_level!r}: choose one of {', '.join(ARITH_LEVELS)}")
-        if arith_reward not in ARITH_REWARDS: raise ValueError(f"--arith-reward {arith_reward!r}: choose one of {', '.join(ARITH_REWARDS)}")
-        kw = dict(level=arith_level, shaped=arith_reward == "shaped")
-        return ArithmeticRL(arith_size, split="train", **kw), ArithmeticRL(max(arith_size // 4, 100), split="test", **kw)
-    if task == "mixture":                # arithmetic, identity and corpus facts, each with its own reward
-        if arith_size < 2: raise ValueError(f"--arith-size {arith_size} must be >= 2 for --task mixture")
-        kw = dict(level=arith_level, shaped=arith_reward == "shaped")
-        def make(split, n): return RLMixture([ArithmeticRL(n, split=split, **kw), ChatRecall(n, split=split)])
-        return make("train", arith_size // 2), make("test", max(arith_size // 8, 50))
-    raise ValueError(f"--task {task!r}: choose one of {', '.join(RL_TASKS)}")
 
 # %% ../nbs/11_rl.ipynb #140b54ca
 def rollout_seed(seed: int, step: int, index: int, chunk: int) -> int:
@@ -200,56 +119,11 @@ def rl_lr_multiplier(step: int, num_steps: int) -> float:
     return max(0.0, 1.0 - step / num_steps)
 
 # %% ../nbs/11_rl.ipynb #a74a1991
-def _weights_fingerprint(model) -> float:
-    return sum(p.detach().double().sum().item() + p.detach().double().abs().sum().item() for p in model.parameters())
-
-def _warm_start(optimizer, src_dir, src_step, src_meta, world_size, rank, device, reset_optimizer):
-    "Load the source's optimizer state into `optimizer` when it exists and fits, keeping this run's learning rates."
-    saved_world = len(src_meta.get("dataloader_state_dicts") or [None])
-    if reset_optimizer: return print0("--reset-optimizer: the optimizer starts from zero state")
-    if saved_world != world_size:
-        return print0(f"the source checkpoint was written by {saved_world} rank(s), this run has {world_size}: the optimizer starts fresh")
-    try: state = load_checkpoint(src_dir, src_step, device, load_optimizer=True, rank=rank)[1]
-    except FileNotFoundError: return print0(f"no optimizer state for rank {rank} in {src_dir}: the optimizer starts fresh")
-    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    try:
-        optimizer.load_state_dict(state)
-        for g, h in zip(optimizer.param_groups, hyper): g.update(h)
-        print0(f"warm-started the optimizer from {src_dir} step {src_step}")
-    except (KeyError, ValueError, RuntimeError) as e:
-        print0(f"the source optimizer state does not fit ({e}); the optimizer starts fresh")
-
 class RLRun:
-    "One RL run, `train_rl`'s arguments as attributes: the named steps `run` takes (check, source, setup, then evaluate, save and a policy step per step)."
+    "One RL run, the fields of `RlConfig` as attributes: the named steps `run` takes (setup, then evaluate, save and a policy step per step)."
     def __init__(self, user_config: dict):
         self.user_config = dict(user_config)                                 # stored in every checkpoint's meta
         self.__dict__.update({("run_name" if k == "run" else k): v for k, v in user_config.items()})
-
-    def check(self):
-        "Every flag that cannot work, in one line naming it."
-        if self.source not in ("base", "mid", "sft", "rl"): raise ValueError(f"--source {self.source!r}: choose sft (usual), mid, base or rl")
-        for name in ("examples_per_step", "num_samples", "max_new_tokens", "device_batch_size", "eval_examples", "pass_k"):
-            if getattr(self, name) < 1: raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
-        if self.num_steps == 0 or self.num_steps < -1: raise ValueError(f"--num-steps {self.num_steps} must be >= 1 (or -1: one epoch)")
-        if self.temperature <= 0: raise ValueError(f"--temperature {self.temperature} must be > 0: RL needs different answers to compare")
-        if self.top_k < 0: raise ValueError(f"--top-k {self.top_k} must be >= 0 (0: the whole vocabulary)")
-        if self.init_lr_frac <= 0: raise ValueError(f"--init-lr-frac {self.init_lr_frac} must be > 0")
-        if self.num_samples % self.device_batch_size:
-            raise ValueError(f"--num-samples {self.num_samples} must be a multiple of --device-batch-size {self.device_batch_size}")
-
-    def find_source(self):
-        "The checkpoint RL starts from (folder, tag, step), with errors that name the command that trains one."
-        src_root = checkpoints_root(self.source, self.base_dir)
-        hint = dict(base="base_train", mid="chat_sft --stage mid", sft="chat_sft", rl="chat_rl")[self.source]
-        try: self.model_tag = self.model_tag or find_largest_model(src_root)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"no {self.source} checkpoint in {src_root}: train one first (python -m nanochat_nb.{hint})") from e
-        self.src_dir = src_root / self.model_tag
-        steps = list_steps(self.src_dir)
-        if not steps: raise FileNotFoundError(f"no {self.source} checkpoint in {self.src_dir}: train one first (python -m nanochat_nb.{hint})")
-        if self.step >= 0 and self.step not in steps:
-            raise FileNotFoundError(f"--step {self.step}: no checkpoint step {self.step} in {self.src_dir}; complete steps there: {steps}")
-        self.src_step = steps[-1] if self.step < 0 else self.step
 
     def setup(self):
         "Process group, model, optimizer (warm-started, at a fraction of the source's rates), engine, output folder, logging."
@@ -266,16 +140,16 @@ class RLRun:
         s = self.lrs
         groups = self.model.optimizer_groups(s["unembedding_lr"], s["embedding_lr"], s["matrix_lr"], self.weight_decay, scalar_lr=s["scalar_lr"])
         self.optimizer = make_optimizer(groups, self.world_size)
-        _warm_start(self.optimizer, self.src_dir, self.src_step, m, self.world_size, self.rank, self.device, self.reset_optimizer)
+        if self.reset_optimizer: print0("--reset-optimizer: the optimizer starts from zero state")
+        else: warm_start_optimizer(self.optimizer, self.src_dir, self.src_step, m, self.world_size, self.rank, self.device)
         for g in self.optimizer.param_groups: g["initial_lr"] = g["lr"] * self.init_lr_frac
         self.engine = Engine(self.model, self.tokenizer)
         self.out_dir = checkpoints_root("rl", self.base_dir) / (self.output_tag or self.model_tag)
         self.passes = self.num_samples // self.device_batch_size
         what = f"arithmetic, {self.arith_level}, {self.arith_reward} reward" if self.task == "arithmetic" else self.task
         print0(f"rl: {self.source} model {self.model_tag} step {self.src_step} -> {self.out_dir}; task {what} ({len(self.train_task):,} train, "
-               f"{min(self.eval_examples, len(self.val_task))} eval questions); {self.num_steps} steps of {self.examples_per_step} questions x "
-               f"{self.num_samples} answers = {self.examples_per_step * self.num_samples} sequences ({self.per_rank} question(s) per rank, "
-               f"{self.world_size} rank(s))")
+               f"{min(self.eval_examples, len(self.val_task))} eval questions); {self.num_steps} steps of {self.examples_per_step} questions x {self.num_samples} "
+               f"answers = {self.examples_per_step * self.num_samples} sequences ({self.per_rank} question(s) per rank, {self.world_size} rank(s))")
         self.wandb_run = init_wandb(self.run_name, config=self.user_config, master_process=self.master)
         if self.master: self.out_dir.mkdir(parents=True, exist_ok=True)
         self.mine = itertools.cycle(range(self.rank, len(self.train_task), self.world_size))
@@ -327,73 +201,33 @@ class RLRun:
                    f"| lrm {lrm:.3f} | dt {rec['dt']:.2f}s")
 
     def run(self) -> dict:
-        "Check, find the source, set up, then num_steps policy steps with evaluations and checkpoints between them."
-        self.check()
+        "Tasks, the source, setup, then num_steps policy steps with evaluations and checkpoints between them."
         self.train_task, self.val_task = rl_tasks(self.task, self.tasks_dir, self.arith_size, self.arith_level, self.arith_reward)
-        self.find_source()
+        self.src_dir, self.model_tag, self.src_step = find_source(self.source, self.model_tag, self.step, self.base_dir)
         self.setup()
         history, self.last_eval, t_start, in_sync = [], None, time.time(), None
         for stp in range(self.num_steps + 1):
             last, rec = stp == self.num_steps, {"step": stp}
             if last or stp == 0 or (self.eval_every > 0 and stp % self.eval_every == 0): self.evaluate(stp, rec)
-            if last:
-                fp = all_gather_objects(_weights_fingerprint(self.model))
-                in_sync = all(f == fp[0] for f in fp)
-                print0(f"weights {'identical' if in_sync else 'DIFFER'} across {self.world_size} rank(s)")
+            if last: in_sync = ranks_agree(self.model, self.world_size)
             if last or (self.save_every > 0 and stp > 0 and stp % self.save_every == 0): self.save(stp, history + ([rec] if last else []))
             if not last: self.policy_step(stp, rec)
             history.append(rec)
             if last: break
             self.wandb_run.log({k: v for k, v in rec.items() if k != "questions"}, step=stp)
         self.wandb_run.finish()
-        if self.master:
-            with open(self.out_dir / "history.jsonl", "w") as f: f.writelines(json.dumps(r) + "\n" for r in history)
+        if self.master: write_history(self.out_dir, history)
         print0(f"done: {self.num_steps} RL steps in {time.time() - t_start:.0f}s, checkpoint in {self.out_dir}")
         compute_cleanup()
         return dict(history=history, checkpoint_dir=str(self.out_dir), final_step=self.num_steps, weights_in_sync=in_sync,
                     final_eval=self.last_eval, world_size=self.world_size)
 
-def train_rl(source: str = "sft", model_tag: str | None = None, step: int = -1, output_tag: str | None = None,
-             task: str = "gsm8k", num_steps: int = -1, examples_per_step: int = 16, num_samples: int = 16,
-             max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 50, device_batch_size: int = 8,
-             init_lr_frac: float = 0.05, weight_decay: float = 0.0, eval_every: int = 60, eval_examples: int = 400,
-             pass_k: int = 8, save_every: int = 60, reset_optimizer: bool = False, arith_size: int = 2000,
-             arith_level: str = "mixed", arith_reward: str = "shaped", run: str = "dummy", device_type: str = "",
-             tasks_dir: str | None = None, base_dir: str | None = None,
-             log_every: int = 1, seed: int = 42) -> dict:
-    "Reinforcement learning on a task with a checkable answer (see `main` for the arguments); returns a summary."
-    return RLRun(dict(locals())).run()
-
+def train_rl(cfg: RlConfig | None = None, **overrides) -> dict:
+    "Reinforcement learning with `cfg` (default: `RlConfig()`), keyword arguments overriding its fields; returns a summary."
+    return RLRun(asdict(replace(cfg or RlConfig(), **overrides))).run()
 
 # %% ../nbs/11_rl.ipynb #a72ac5be
 @script
-def main(source: str = "sft",                   # the checkpoint phase to start from: sft (usual), mid, base or rl
-         model_tag: str | None = None,          # model tag of the source (default: the largest)
-         step: int = -1,                        # step of the source checkpoint (-1: its last)
-         output_tag: str | None = None,         # checkpoint folder of this run (default: the source's tag)
-         task: str = "gsm8k",                   # gsm8k (GPU) or arithmetic (the synthetic CPU stand-in)
-         num_steps: int = -1,                   # optimizer steps (-1: one epoch over the training questions)
-         examples_per_step: int = 16,           # questions per step, across all ranks
-         num_samples: int = 16,                 # answers sampled per question
-         max_new_tokens: int = 256,             # longest sampled answer
-         temperature: float = 1.0,              # sampling temperature (> 0)
-         top_k: int = 50,                       # sample among the k most likely tokens (0: all)
-         device_batch_size: int = 8,            # answers per generation batch and per forward/backward
-         init_lr_frac: float = 0.05,            # learning rates start at this fraction of the source's
-         weight_decay: float = 0.0,             # Muon weight decay
-         eval_every: int = 60,                  # pass@k every N steps (-1: only at the start and the end)
-         eval_examples: int = 400,              # held-out questions per evaluation
-         pass_k: int = 8,                       # k of pass@k (answers sampled per question: max(k, device batch))
-         save_every: int = 60,                  # checkpoint every N steps (-1: only at the end)
-         reset_optimizer: bool = False,         # do not warm-start the optimizer from the source checkpoint
-         arith_size: int = 2000,                # training questions of --task arithmetic
-         arith_level: str = "mixed",            # --task arithmetic: mixed (1-3 steps) or easy (one addition or subtraction)
-         arith_reward: str = "shaped",          # --task arithmetic: shaped (0.5 for any #### line) or strict (1 or 0)
-         run: str = "dummy",                    # wandb run name ('dummy': no wandb)
-         device_type: str = "",                 # cuda, cpu or mps (default: autodetect)
-         tasks_dir: str | None = None,          # local task files in <dir>/gsm8k (default: $NANOCHAT_TASKS_DIR or download)
-         base_dir: str | None = None,           # where checkpoints live (default: $NANOCHAT_BASE_DIR)
-         log_every: int = 1,                    # print a log line every N steps (0: never)
-         seed: int = 42):                       # random seed
+def main(cfg: RlConfig):
     "Reinforcement learning on GSM8K (or synthetic arithmetic): sample, reward, advantage r - mean(r), update (nanochat's chat_rl)."
-    return train_rl(**{k: v for k, v in locals().items()})
+    return train_rl(cfg)

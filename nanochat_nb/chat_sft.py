@@ -4,27 +4,26 @@
 
 # %% ../nbs/10_sft.ipynb #e39e5a9c
 from __future__ import annotations
-import itertools, json, math, random, time
-from dataclasses import asdict
+import itertools, random, time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from .common import (all_gather_objects, autodetect_device_type, compute_cleanup, compute_init, init_wandb,
-    print0, remove_dead_temps)
+from .common import all_gather_objects, autodetect_device_type, compute_cleanup, compute_init, print0
 from .cli import script
-from .checkpoint import (truncate_log, checkpoints_root, clean_state_dict, find_largest_model, find_last_step, load_checkpoint,
-                                    save_checkpoint, CONFIG_DEFAULTS)
+from .checkpoint import (checkpoints_root, clean_state_dict, find_largest_model, find_last_step, load_checkpoint,
+                                    load_optimizer_moments, save_checkpoint, warm_start_optimizer, CONFIG_DEFAULTS)
 from .distributed import make_optimizer
 from .gpt import GPT, GPTConfig
 from .tokenizer import get_token_bytes, get_tokenizer
 from .tasks import (GSM8K, MMLU, IdentityConversations, SmolTalk, SpellingBee, SyntheticSpelling, TaskMixture, TaskSequence)
 from .cpu_tasks import BareArithmetic, CorpusChat, SyntheticArithmetic
 from .recipe import LR_NAMES, accumulate_gradients, evaluate_bpb, greedy_tokens, inherited_settings
+from .finetune_run import MIXTURES, RunLog, SftConfig, chatcore_score, chatcore_tasks, max_across_ranks, start_point
 
 # %% auto #0
-__all__ = ['MIXTURES', 'sft_targets', 'PaddedPacker', 'pack_padded', 'stage_defaults', 'sft_mixture', 'sft_data_generator',
+__all__ = ['sft_targets', 'PaddedPacker', 'pack_padded', 'stage_defaults', 'sft_mixture', 'sft_data_generator',
            'sft_lr_multiplier', 'greedy_reply', 'calculator_call_rate', 'SftRun', 'train_sft', 'main']
 
 # %% ../nbs/10_sft.ipynb #76afd3f2
@@ -70,8 +69,6 @@ def pack_padded(items, capacity: int, buffer_size: int, pad_id: int):
         refill()
 
 # %% ../nbs/10_sft.ipynb #b07fa214
-MIXTURES = ("default", "synthetic")
-
 def _repeat(make, n: int) -> list:
     return [make()] * n if n else []      # one task object, listed n times (built only when used)
 
@@ -181,39 +178,15 @@ def calculator_call_rate(model, tokenizer, task, max_tokens: int = 64) -> float:
     return hits / len(task)
 
 # %% ../nbs/10_sft.ipynb #d82533ca
-def _max_across_ranks(v: float, device) -> float:
-    if not (dist.is_available() and dist.is_initialized()): return v
-    t = torch.tensor(v, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
-
-def _chatcore_tasks(spec: str, tasks_dir) -> dict:
-    from nanochat_nb import chat_eval           # a script module beside this one: only imported when asked for
-    return {name: chat_eval.load_task(name, tasks_dir) for name in chat_eval.parse_task_names(spec)}
-
-def _chatcore(tasks: dict, model, tokenizer, max_problems: int) -> float:
-    from nanochat_nb import chat_eval
-    accs = {name: chat_eval.run_chat_eval(task, model, tokenizer, max_problems=max_problems, max_new_tokens=256)["accuracy"]
-            for name, task in tasks.items()}
-    return chat_eval.chatcore(accs)
-
 class SftRun:
-    "One SFT or midtraining run, `train_sft`'s arguments as attributes: the named steps `run` takes."
+    "One SFT or midtraining run, the fields of `SftConfig` as attributes: the named steps `run` takes."
     def __init__(self, user_config: dict):
         self.user_config = dict(user_config)                                 # stored in every checkpoint's meta
         self.__dict__.update({("run_name" if k == "run" else k): v for k, v in user_config.items()})
 
-    def check(self):
-        "Every flag that cannot work, in one line naming it."
-        if self.stage not in ("sft", "mid"): raise ValueError(f"--stage {self.stage!r}: choose sft or mid")
-        if self.source not in ("base", "mid", "sft"): raise ValueError(f"--source {self.source!r}: choose base, mid or sft")
-        if self.compile not in ("auto", "yes", "no"): raise ValueError(f"--compile {self.compile!r}: use auto, yes or no")
-        if self.mixture not in MIXTURES: raise ValueError(f"--mixture {self.mixture!r}: choose one of {', '.join(MIXTURES)}")
-        if self.init_lr_frac <= 0: raise ValueError(f"--init-lr-frac {self.init_lr_frac} must be > 0")
-        sft_lr_multiplier(0.0, self.warmdown_ratio)                          # validates --warmdown-ratio
-
     def plan(self):
         "The source checkpoint, the process group, the settings it passes on (batch, lengths, rates), tokenizer and data."
+        sft_lr_multiplier(0.0, self.warmdown_ratio)                          # validates --warmdown-ratio
         src_root = checkpoints_root(self.source, self.base_dir)
         try: self.model_tag = self.model_tag or find_largest_model(src_root)
         except FileNotFoundError as e:
@@ -224,9 +197,7 @@ class SftRun:
         self.ddp, self.rank, _, self.world_size, self.device = compute_init(self.device_type or autodetect_device_type(), self.seed)
         self.master = self.rank == 0
         _, _, self.src_meta = load_checkpoint(self.src_dir, self.src_step, "cpu")
-        s = self.s = inherited_settings(self.src_meta, device_batch_size=self.device_batch_size, max_seq_len=self.max_seq_len,
-                                        total_batch_size=self.total_batch_size, embedding_lr=self.embedding_lr,
-                                        unembedding_lr=self.unembedding_lr, matrix_lr=self.matrix_lr, scalar_lr=self.scalar_lr)
+        s = self.s = inherited_settings(self.src_meta, **{k: getattr(self, k) for k in ("device_batch_size", "max_seq_len", "total_batch_size", *LR_NAMES)})
         self.B, self.T = B, T = s["device_batch_size"], s["max_seq_len"]
         tokens_per_fwdbwd = B * T * self.world_size
         if s["total_batch_size"] % tokens_per_fwdbwd:
@@ -240,82 +211,48 @@ class SftRun:
         self.train_ds = sft_mixture("train", self.mixture, self.stage, self.smoltalk_epochs, self.mmlu_epochs, self.gsm8k_epochs,
                                     self.identity_epochs, self.spelling_size, self.arith_size, self.tasks_dir, self.chat_size, self.bare_size)
         self.val_ds = sft_mixture("val", self.mixture, self.stage, tasks_dir=self.tasks_dir)
-        if self.chatcore_every > 0: self.chat_tasks = _chatcore_tasks(self.chatcore_tasks, self.tasks_dir)
+        if self.chatcore_every > 0: self.chat_tasks = chatcore_tasks(self.chatcore_tasks, self.tasks_dir)
         self.out_dir = checkpoints_root(self.stage, self.base_dir) / (self.output_tag or self.model_tag)
         print0(f"{self.stage}: {self.source} model {self.model_tag} step {self.src_step} -> {self.out_dir}; {len(self.train_ds):,} training "
                f"conversations; batch {s['total_batch_size']:,} tokens = {B} rows x {T} x {self.world_size} rank(s) x {self.accum} accumulation step(s)")
 
-    def _weights_and_moments(self):
-        "The weights and optimizer state to start from: our own checkpoint when resuming, else the source's (moments if they fit)."
-        self.start_step, self.loader_states = 0, None
-        self.loop_state = dict(min_val_bpb=float("inf"), smooth_train_loss=0.0, total_training_time=0.0, progress=0.0)
-        if self.resume and self.resume_from_step < 0:
-            try: self.resume_from_step = find_last_step(self.out_dir)
-            except FileNotFoundError: print0(f"--resume: no checkpoint in {self.out_dir} yet, starting from the {self.source} model")
-        if self.resume_from_step >= 0:
-            model_data, optim_state, meta = load_checkpoint(self.out_dir, self.resume_from_step, self.device, load_optimizer=True, rank=self.rank)
-            self.start_step, self.loader_states = meta["step"], meta["dataloader_state_dicts"]
-            self.loop_state.update(meta.get("loop_state", {}))
-            print0(f"resumed from {self.out_dir} step {self.start_step}")
-            return model_data, optim_state
-        model_data, optim_state, _ = load_checkpoint(self.src_dir, self.src_step, self.device, load_optimizer=False)
-        saved_world = len(self.src_meta.get("dataloader_state_dicts") or [None])
-        if self.reset_optimizer: print0("--reset-optimizer: the optimizer starts from zero state")
-        elif saved_world != self.world_size:
-            print0(f"the {self.source} checkpoint was written by {saved_world} rank(s), this run has {self.world_size}: "
-                   "its optimizer state does not fit, so the optimizer starts fresh")
-        else:
-            try: optim_state = load_checkpoint(self.src_dir, self.src_step, self.device, load_optimizer=True, rank=self.rank)[1]
-            except FileNotFoundError: print0(f"no optimizer state for rank {self.rank} in {self.src_dir}: the optimizer starts fresh")
-        return model_data, optim_state
-
     def build(self):
-        "The model (sequence length raised to T if needed), its weights, and the optimizer at a fraction of the inherited rates."
+        "The model and its weights (the source's, or ours when resuming), and the optimizer at a fraction of the inherited rates."
         cfg = GPTConfig(**{**CONFIG_DEFAULTS, **self.src_meta["model_config"]})
         if self.T > cfg.sequence_len: cfg = GPTConfig(**{**asdict(cfg), "sequence_len": self.T})
         with torch.device("meta"): model = GPT(cfg)
         model.to_empty(device=self.device); model.init_weights()
-        model_data, optim_state = self._weights_and_moments()
+        self.resumed, model_data, optim_state, meta = start_point(self.out_dir, self.src_dir, self.src_step, self.resume,
+                                                                  self.resume_from_step, self.source, self.device, self.rank)
+        self.start_step, self.loader_states = (meta["step"], meta["dataloader_state_dicts"]) if meta else (0, None)
+        self.loop_state = {**dict(min_val_bpb=float("inf"), smooth_train_loss=0.0, total_training_time=0.0, progress=0.0),
+                           **(meta or {}).get("loop_state", {})}
         model.load_state_dict(clean_state_dict(model_data, self.device), strict=True, assign=True)
         del model_data
         s = self.s
-        groups = model.optimizer_groups(s["unembedding_lr"], s["embedding_lr"], s["matrix_lr"], self.weight_decay, scalar_lr=s["scalar_lr"])
-        optimizer = make_optimizer(groups, self.world_size)
+        optimizer = make_optimizer(model.optimizer_groups(s["unembedding_lr"], s["embedding_lr"], s["matrix_lr"], self.weight_decay,
+                                                          scalar_lr=s["scalar_lr"]), self.world_size)
         for g in optimizer.param_groups: g["initial_lr"] = g["lr"] * self.init_lr_frac
-        hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        if optim_state is not None:
-            try:
-                optimizer.load_state_dict(optim_state)
-                for g, h in zip(optimizer.param_groups, hyper): g.update(h)   # keep the moments, not the saved run's lrs
-                if self.resume_from_step < 0: print0(f"warm-started the optimizer from {self.src_dir} step {self.src_step}")
+        if self.resumed >= 0:
+            try: load_optimizer_moments(optimizer, optim_state)
             except (KeyError, ValueError, RuntimeError) as e:
-                if self.resume_from_step >= 0:
-                    raise ValueError(f"the optimizer state of step {self.resume_from_step} in {self.out_dir} does not fit: {e}") from e
-                print0(f"the {self.source} optimizer state does not fit ({e}); the optimizer starts fresh")
-        del optim_state
+                raise ValueError(f"the optimizer state of step {self.resumed} in {self.out_dir} does not fit: {e}") from e
+        elif self.reset_optimizer: print0("--reset-optimizer: the optimizer starts from zero state")
+        else: warm_start_optimizer(optimizer, self.src_dir, self.src_step, self.src_meta, self.world_size, self.rank, self.device, self.source)
         self.cfg, self.model, self.optimizer = cfg, model, optimizer
         self.initial_lrs = [g["initial_lr"] for g in optimizer.param_groups]
         do_compile = self.compile == "yes" or (self.compile == "auto" and self.device.type == "cuda")
         self.fwd = torch.compile(model, dynamic=False) if do_compile else model
 
     def start_data(self):
-        "The training loader (resumed where it stopped), wandb, and a log that keeps only the steps before this start."
+        "The training loader (resumed where it stopped), and the log."
         self.train_all = self.stage == "mid"
         st = self.loader_states[self.rank] if self.loader_states else None
         self.loader = sft_data_generator(self.train_ds, self.tokenizer, self.B, self.T, self.device, self.rank, self.world_size,
                                          self.buffer_size, st, self.train_all)
         self.consumed = st if self.loader_states else dict(epoch=0, cursor=self.rank, buffer=[], progress=0.0)
         self.batch = next(self.loader)
-        self.wandb_run = init_wandb(self.run_name, config=self.user_config, master_process=self.master)
-        if self.master:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            truncate_log(self.out_dir / "log.jsonl", self.start_step)      # a resumed run logs its steps again: no duplicates
-            for t in remove_dead_temps(self.out_dir): print0(f"removed {t.name}: the temp file of a write that was killed")
-
-    def log(self, rec: dict):
-        if not self.master: return
-        self.wandb_run.log(rec, step=rec["step"])
-        with open(self.out_dir / "log.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
+        self.log = RunLog(self.out_dir, self.run_name, self.user_config, self.master, self.start_step)
 
     def evaluate(self, step: int):
         "Validation bits per byte on the held-out mixture."
@@ -329,7 +266,7 @@ class SftRun:
         self.model.train()
 
     def chatcore(self, step: int):
-        self.model.eval(); score = _chatcore(self.chat_tasks, self.model, self.tokenizer, self.chatcore_problems); self.model.train()
+        self.model.eval(); score = chatcore_score(self.chat_tasks, self.model, self.tokenizer, self.chatcore_problems); self.model.train()
         print0(f"step {step:05d} | ChatCORE {score:.4f}")
         self.log({"step": step, "chatcore": score})
 
@@ -347,7 +284,7 @@ class SftRun:
         t0, ls, ema = time.perf_counter(), self.loop_state, 0.9
         train_loss, self.consumed, self.batch = accumulate_gradients(self.fwd, self.loader, self.batch, self.accum)
         n = self.num_iterations
-        progress = step / n if n > 0 else _max_across_ranks(self.consumed["progress"], self.device)
+        progress = step / n if n > 0 else max_across_ranks(self.consumed["progress"], self.device)
         lrm = sft_lr_multiplier(progress, self.warmdown_ratio, self.final_lr_frac)
         for g, lr0 in zip(self.optimizer.param_groups, self.initial_lrs):
             g["lr"] = lr0 * lrm
@@ -368,8 +305,8 @@ class SftRun:
         return progress
 
     def run(self) -> dict:
-        "Check, plan, build, start the data, then steps with evaluations and checkpoints until the iterations or one pass are done."
-        self.check(); self.plan(); self.build(); self.start_data()
+        "Plan, build, start the data, then steps with evaluations and checkpoints until the iterations or one pass are done."
+        self.plan(); self.build(); self.start_data()
         self.val_bpb, self.losses, step = None, [], self.start_step
         progress = self.loop_state["progress"]
         for step in itertools.count(self.start_step):
@@ -379,71 +316,18 @@ class SftRun:
             if last or (self.save_every > 0 and step > self.start_step and step % self.save_every == 0): self.save(step)
             if last: break
             progress = self.train_step(step, progress)
-        self.wandb_run.finish()
+        self.log.finish()
         print0(f"done: {self.stage} val bpb {self.val_bpb:.4f} (min {self.loop_state['min_val_bpb']:.4f}), checkpoint in {self.out_dir}")
         compute_cleanup()
         return dict(val_bpb=self.val_bpb, min_val_bpb=self.loop_state["min_val_bpb"], losses=self.losses, checkpoint_dir=str(self.out_dir),
                     final_step=step, settings=self.s, training_time=self.loop_state["total_training_time"])
 
-def train_sft(stage: str = "sft", source: str = "base", model_tag: str | None = None, model_step: int = -1,
-              output_tag: str | None = None, run: str = "dummy", device_type: str = "", mixture: str = "default",
-              smoltalk_epochs: int = 1, mmlu_epochs: int = -1, gsm8k_epochs: int = -1, identity_epochs: int = -1,
-              spelling_size: int = -1, arith_size: int = 2000, chat_size: int = -1, bare_size: int = -1, num_iterations: int = -1, device_batch_size: int = -1,
-              max_seq_len: int = -1, total_batch_size: int = -1, embedding_lr: float = -1, unembedding_lr: float = -1,
-              matrix_lr: float = -1, scalar_lr: float = -1, weight_decay: float = 0.0, init_lr_frac: float = 0.8,
-              warmdown_ratio: float = 0.5, final_lr_frac: float = 0.0, reset_optimizer: bool = False,
-              resume: bool = False, resume_from_step: int = -1, eval_every: int = 150, eval_steps: int = 20,
-              chatcore_every: int = -1, chatcore_tasks: str = "", chatcore_problems: int = 200, save_every: int = -1,
-              buffer_size: int = 100, compile: str = "auto", tasks_dir: str | None = None, base_dir: str | None = None, log_every: int = 1,
-              seed: int = 42) -> dict:
-    "Fine-tune a checkpoint on conversations (see `main` for what each argument means); returns a summary of the run."
-    return SftRun(dict(locals())).run()
-
+def train_sft(cfg: SftConfig | None = None, **overrides) -> dict:
+    "Fine-tune a checkpoint on conversations with `cfg` (default: `SftConfig()`), keyword arguments overriding its fields; returns a summary."
+    return SftRun(asdict(replace(cfg or SftConfig(), **overrides))).run()
 
 # %% ../nbs/10_sft.ipynb #4c8866e2
 @script
-def main(stage: str = "sft",                    # sft (loss on the assistant's tokens) or mid (midtraining: every token)
-         source: str = "base",                  # the checkpoint phase to start from: base, mid or sft
-         model_tag: str | None = None,          # model tag of the source (default: the largest)
-         model_step: int = -1,                  # step of the source checkpoint (-1: its last)
-         output_tag: str | None = None,         # checkpoint folder of this run (default: the source's tag)
-         run: str = "dummy",                    # wandb run name ('dummy': no wandb)
-         device_type: str = "",                 # cuda, cpu or mps (default: autodetect)
-         mixture: str = "default",              # default (SmolTalk, MMLU, GSM8K...) or synthetic (offline generators)
-         smoltalk_epochs: int = 1,              # SmolTalk train passes in the mixture
-         mmlu_epochs: int = -1,                 # MMLU auxiliary_train passes (-1: 3 for sft, 1 for mid)
-         gsm8k_epochs: int = -1,                # GSM8K main train passes (-1: 4 for sft, 1 for mid)
-         identity_epochs: int = -1,             # passes over the identity conversations (-1: 0 for sft, 2 for mid)
-         spelling_size: int = -1,               # spelling conversations (-1: 0 for sft, 200,000 for mid)
-         arith_size: int = 2000,                # synthetic arithmetic conversations (--mixture synthetic)
-         chat_size: int = -1,                   # CorpusChat conversations (--mixture synthetic; -1: 2,000 for sft, 1,000 for mid)
-         bare_size: int = -1,                   # bare sums like 'How much is 17 + 25?' (--mixture synthetic; -1: half of --arith-size)
-         num_iterations: int = -1,              # optimizer steps (-1: one pass over the mixture)
-         device_batch_size: int = -1,           # rows per forward/backward on each rank (-1: the source's)
-         max_seq_len: int = -1,                 # tokens per row (-1: the source's)
-         total_batch_size: int = -1,            # tokens per optimizer step (-1: the source's)
-         embedding_lr: float = -1,              # AdamW lr of the embeddings (-1: the source's, after batch scaling)
-         unembedding_lr: float = -1,            # AdamW lr of lm_head (-1: the source's)
-         matrix_lr: float = -1,                 # Muon lr of the matrices (-1: the source's)
-         scalar_lr: float = -1,                 # AdamW lr of the scalars (-1: the source's)
-         weight_decay: float = 0.0,             # Muon weight decay during fine-tuning
-         init_lr_frac: float = 0.8,             # learning rates start at this fraction of the inherited ones
-         warmdown_ratio: float = 0.5,           # share of the run spent decaying the learning rate
-         final_lr_frac: float = 0.0,            # learning-rate multiplier at the end
-         reset_optimizer: bool = False,         # do not warm-start the optimizer from the source checkpoint
-         resume: bool = False,                  # resume from the last checkpoint of this output tag, if any
-         resume_from_step: int = -1,            # resume from this step of this output tag (-1: start from the source)
-         eval_every: int = 150,                 # validation bpb every N steps (-1: only at the end)
-         eval_steps: int = 20,                  # validation batches per evaluation
-         chatcore_every: int = -1,              # ChatCORE every N steps (-1: never)
-         chatcore_tasks: str = "",              # ChatCORE tasks joined by '|' (empty: all six of chat_eval)
-         chatcore_problems: int = 200,          # problems per ChatCORE task during training
-         save_every: int = -1,                  # checkpoint every N steps (-1: only at the end)
-         buffer_size: int = 100,                # conversations in the best-fit packing buffer
-         compile: str = "auto",                 # torch.compile the model: auto (on CUDA), yes, no
-         tasks_dir: str | None = None,          # local task files in <dir>/<task> (default: $NANOCHAT_TASKS_DIR or downloads)
-         base_dir: str | None = None,           # where checkpoints live (default: $NANOCHAT_BASE_DIR)
-         log_every: int = 1,                    # print a log line every N steps (0: never)
-         seed: int = 42):                       # random seed
+def main(cfg: SftConfig):
     "Fine-tune a base (or midtrained) checkpoint on conversations: SFT, or midtraining with --stage mid (nanochat's chat_sft / mid_train)."
-    return train_sft(**{k: v for k, v in locals().items()})
+    return train_sft(cfg)

@@ -15,7 +15,8 @@ from .common import atomic_path, check_file, file_record, get_base_dir, print0, 
 # %% auto #0
 __all__ = ['PHASE_DIRS', 'REBUILD', 'CONFIG_DEFAULTS', 'checkpoints_root', 'save_checkpoint', 'list_steps', 'find_last_step',
            'load_checkpoint', 'rebuild_hint', 'CorruptFileError', 'read_meta', 'find_largest_model',
-           'patch_missing_params', 'clean_state_dict', 'model_from_checkpoint', 'load_model', 'truncate_log']
+           'patch_missing_params', 'clean_state_dict', 'model_from_checkpoint', 'load_model', 'truncate_log',
+           'load_optimizer_moments', 'warm_start_optimizer']
 
 # %% ../nbs/07a_checkpoint.ipynb #fdb99cf3
 PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
@@ -170,3 +171,29 @@ def truncate_log(path, before_step: int):
     if not path.exists(): return
     kept = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", -1) < before_step]
     with atomic_path(path) as tmp: tmp.write_text("".join(l + "\n" for l in kept))
+
+# %% ../nbs/07a_checkpoint.ipynb #c656eaa4
+def load_optimizer_moments(optimizer, state: dict):
+    "Load `state` into `optimizer`, keeping the optimizer's own hyperparameters (learning rates...): the moments carry over."
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for g, h in zip(optimizer.param_groups, hyper): g.update(h)
+
+def warm_start_optimizer(optimizer, checkpoint_dir, step: int, meta: dict, world_size: int = 1, rank: int = 0, device="cpu",
+                         phase: str = "source") -> bool:
+    "Load the moments a checkpoint saved for this rank, when it was written by as many ranks and fits; else say why not."
+    saved_world = len(meta.get("dataloader_state_dicts") or [None])
+    if saved_world != world_size:
+        print0(f"the {phase} checkpoint was written by {saved_world} rank(s), this run has {world_size}: "
+               "its optimizer state does not fit, so the optimizer starts fresh")
+        return False
+    try: state = load_checkpoint(checkpoint_dir, step, device, load_optimizer=True, rank=rank)[1]
+    except FileNotFoundError:
+        print0(f"no optimizer state for rank {rank} in {checkpoint_dir}: the optimizer starts fresh")
+        return False
+    try: load_optimizer_moments(optimizer, state)
+    except (KeyError, ValueError, RuntimeError) as e:                # another optimizer, other parameters
+        print0(f"the {phase} optimizer state does not fit ({e}); the optimizer starts fresh")
+        return False
+    print0(f"warm-started the optimizer from {checkpoint_dir} step {step}")
+    return True
