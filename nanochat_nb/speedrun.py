@@ -21,8 +21,6 @@ from .pipeline import (Stage, StageError, _f, _hms, _table, chat_section, closin
 from .run_plan import (DISTRIBUTED_STAGES, GPU_DEFAULTS, PRESETS, STAGES, Hardware, _count, _report_header, _time_section,
                                   chat_rl_available, critical_seconds, default_preset, detect_hardware, format_run_plan, launch_command,
                                   parse_switch, plot_timeline, record_run, resolve_settings, stage_graph)
-_all_ = ["DISTRIBUTED_STAGES", "GPU_DEFAULTS", "PRESETS", "STAGES", "Hardware", "chat_rl_available", "critical_seconds", "default_preset",
-         "detect_hardware", "format_run_plan", "launch_command", "parse_switch", "plot_timeline", "record_run", "resolve_settings", "stage_graph"]
 
 # %% auto #0
 __all__ = ['CHARS_PER_SHARD', 'CHARS_PER_TOKEN', 'CROPPED', 'SHARD_MB', 'DOWNLOAD_MB_PER_S', 'GPU_REF_SECONDS', 'GPU_REF_PEAK',
@@ -32,6 +30,10 @@ __all__ = ['CHARS_PER_SHARD', 'CHARS_PER_TOKEN', 'CROPPED', 'SHARD_MB', 'DOWNLOA
            'STAGES', 'Hardware', 'chat_rl_available', 'critical_seconds', 'default_preset', 'detect_hardware',
            'format_run_plan', 'launch_command', 'parse_switch', 'plot_timeline', 'record_run', 'resolve_settings',
            'stage_graph']
+
+# %% ../nbs/14_speedrun.ipynb #cc11ccde
+_all_ = ["DISTRIBUTED_STAGES", "GPU_DEFAULTS", "PRESETS", "STAGES", "Hardware", "chat_rl_available", "critical_seconds", "default_preset",
+         "detect_hardware", "format_run_plan", "launch_command", "parse_switch", "plot_timeline", "record_run", "resolve_settings", "stage_graph"]
 
 # %% ../nbs/14_speedrun.ipynb #bda0e3d0
 def model_plan(depth: int, ratio: float = 12, vocab_size: int = 32768, max_seq_len: int = 2048, window_pattern: str = "SSSL",

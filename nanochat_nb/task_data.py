@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_task_data.ipynb #845bcfb6
 from __future__ import annotations
-import functools, gzip, json, os, re
+import functools, gzip, json, os, random, re
 
 import numpy as np
 import pyarrow as pa

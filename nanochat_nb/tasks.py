@@ -15,9 +15,6 @@ from .execution import CALC_ANNOTATION_RE, check_humaneval
 from .task_data import (HF_URL, IDENTITY, IDENTITY_CONVERSATIONS, SPELLING_MODES, SPELLING_QUESTIONS, SPELLING_WORDS, WORDS_URL, _chat,
     _check_choice, _check_int, check_conversation, extract_program, fetch_task_urls, from_cache, load_word_list, read_table, same_number,
     spelling_conversation, spelling_word_pool, task_files, tasks_override_dir)
-_all_ = ["HF_URL", "IDENTITY", "IDENTITY_CONVERSATIONS", "SPELLING_MODES", "SPELLING_QUESTIONS", "SPELLING_WORDS", "WORDS_URL", "check_conversation",
-         "extract_program", "fetch_task_urls", "from_cache", "load_word_list", "read_table", "same_number", "spelling_conversation",
-         "spelling_word_pool", "task_files", "tasks_override_dir"]
 
 # %% auto #0
 __all__ = ['SMOLTALK_REPO', 'SMOLTALK_FILES', 'MMLU_REPO', 'MMLU_LETTERS', 'ARC_REPO', 'GSM_ANSWER_RE', 'GSM8K_REPO',
@@ -27,6 +24,11 @@ __all__ = ['SMOLTALK_REPO', 'SMOLTALK_FILES', 'MMLU_REPO', 'MMLU_LETTERS', 'ARC_
            'IDENTITY', 'IDENTITY_CONVERSATIONS', 'SPELLING_MODES', 'SPELLING_QUESTIONS', 'SPELLING_WORDS', 'WORDS_URL',
            'check_conversation', 'extract_program', 'fetch_task_urls', 'from_cache', 'load_word_list', 'read_table',
            'same_number', 'spelling_conversation', 'spelling_word_pool', 'task_files', 'tasks_override_dir']
+
+# %% ../nbs/09a_tasks.ipynb #8d9bc9c4
+_all_ = ["HF_URL", "IDENTITY", "IDENTITY_CONVERSATIONS", "SPELLING_MODES", "SPELLING_QUESTIONS", "SPELLING_WORDS", "WORDS_URL", "check_conversation",
+         "extract_program", "fetch_task_urls", "from_cache", "load_word_list", "read_table", "same_number", "spelling_conversation",
+         "spelling_word_pool", "task_files", "tasks_override_dir"]
 
 # %% ../nbs/09a_tasks.ipynb #07f90457
 class Task:
