@@ -4,29 +4,36 @@
 
 # %% ../nbs/14_speedrun.ipynb #77be9713
 from __future__ import annotations
-import datetime, importlib.util, json, math, os, shlex, subprocess, sys, time
-from dataclasses import dataclass
+import json, math, subprocess, sys, time
 from pathlib import Path
 
 import torch
 
-from .common import atomic_path, compute_dtype, get_base_dir, get_peak_flops
+from .common import atomic_path, compute_dtype, get_base_dir
 from .cli import script
 from .gpt import attention_backend
 from .recipe import training_plan
-# the machinery of the deep dive 14 · pipeline, re-exported: the preflight, the tests and users import it from here
+# the machinery of the deep dives 14 · pipeline and 14 · run_plan, re-exported: the preflight, the tests and users import it from here
 from .pipeline import (Stage, StageError, _f, _hms, _table, chat_section, closing_section, curves_section, last_checkpoint,
                                   latest_json, marker_path, marker_problem, missing_artifacts, model_section, prepare_offline_inputs,
                                   read_marker, run_stage_command, select_stages, show_command, software_info, stage_env,
                                   stage_figures, stage_key, stage_status, verify_artifacts, walk_stages, write_marker)
+from .run_plan import (DISTRIBUTED_STAGES, GPU_DEFAULTS, PRESETS, STAGES, Hardware, _count, _report_header, _time_section,
+                                  chat_rl_available, critical_seconds, default_preset, detect_hardware, format_run_plan, launch_command,
+                                  parse_switch, plot_timeline, record_run, resolve_settings, stage_graph)
 
 # %% auto #0
-__all__ = ['CHARS_PER_SHARD', 'CHARS_PER_TOKEN', 'CROPPED', 'PRESETS', 'GPU_DEFAULTS', 'DISTRIBUTED_STAGES', 'STAGES', 'SHARD_MB',
-           'DOWNLOAD_MB_PER_S', 'GPU_REF_SECONDS', 'GPU_REF_PEAK', 'CPU_TRAIN_FLOPS', 'CPU_REF_SECONDS', 'EXPECTED',
-           'LOWER_IS_BETTER', 'RL_KEEPS_POINTS', 'model_plan', 'shards_needed', 'default_preset', 'Hardware',
-           'detect_hardware', 'launch_command', 'chat_rl_available', 'parse_switch', 'resolve_settings', 'build_stages',
-           'estimate_stages', 'critical_seconds', 'format_run_plan', 'run_stages', 'run_facts', 'verdict',
-           'verdict_rows', 'verdict_section', 'write_report', 'plan_run', 'record_run', 'main']
+__all__ = ['CHARS_PER_SHARD', 'CHARS_PER_TOKEN', 'CROPPED', 'SHARD_MB', 'DOWNLOAD_MB_PER_S', 'GPU_REF_SECONDS', 'GPU_REF_PEAK',
+           'CPU_TRAIN_FLOPS', 'CPU_REF_SECONDS', 'EXPECTED', 'LOWER_IS_BETTER', 'RL_KEEPS_POINTS', 'model_plan',
+           'shards_needed', 'build_stages', 'estimate_stages', 'run_stages', 'run_facts', 'verdict', 'verdict_rows',
+           'verdict_section', 'write_report', 'plan_run', 'main', 'DISTRIBUTED_STAGES', 'GPU_DEFAULTS', 'PRESETS',
+           'STAGES', 'Hardware', 'chat_rl_available', 'critical_seconds', 'default_preset', 'detect_hardware',
+           'format_run_plan', 'launch_command', 'parse_switch', 'plot_timeline', 'record_run', 'resolve_settings',
+           'stage_graph']
+
+# %% ../nbs/14_speedrun.ipynb #cc11ccde
+_all_ = ["DISTRIBUTED_STAGES", "GPU_DEFAULTS", "PRESETS", "STAGES", "Hardware", "chat_rl_available", "critical_seconds", "default_preset",
+         "detect_hardware", "format_run_plan", "launch_command", "parse_switch", "plot_timeline", "record_run", "resolve_settings", "stage_graph"]
 
 # %% ../nbs/14_speedrun.ipynb #bda0e3d0
 def model_plan(depth: int, ratio: float = 12, vocab_size: int = 32768, max_seq_len: int = 2048, window_pattern: str = "SSSL",
@@ -50,213 +57,13 @@ def shards_needed(tokens: float) -> int:
     "ClimbMix training shards for `tokens` tokens: ~250M chars a shard, ~4.8 chars a token, ~35% cropped by packing."
     return math.ceil(tokens * CHARS_PER_TOKEN / CHARS_PER_SHARD / (1 - CROPPED))
 
-PRESETS = {
-    "d24": dict(about="GPT-2 grade: CORE 0.2626 in 1.65 h on 8xH100 (fp8, ratio 8)", depth=24, ratio=8, device_batch_size=16,
-                fp8=True, mid=False, rl=False, assumed_mfu=0.57),
-    "d20": dict(about="the original ~$100 recipe: ratio 20, midtraining, SFT and RL on GSM8K", depth=20, ratio=20,
-                device_batch_size=32, fp8=False, mid=True, rl=True, assumed_mfu=0.45),
-    "d26": dict(about="the d24 recipe one notch deeper (fp8, ratio 8)", depth=26, ratio=8, device_batch_size=16, fp8=True,
-                mid=False, rl=False, assumed_mfu=0.57),
-    "cpu": dict(about="the whole pipeline at depth 4 on the embedded corpus and synthetic tasks, minutes on 2 cores",
-                depth=4, ratio=12, device_batch_size=16, fp8=False, mid=True, rl=True, assumed_mfu=None,
-                corpus_chars=20e6, shard_chars=5e6, tok_chars=5e6, vocab_size=4096, max_seq_len=256, window_pattern="L",
-                total_batch_size=4096, num_iterations=200, warmup_steps=20, eval_every=50, eval_tokens=16384,
-                save_every=50, log_every=10, mid_iterations=30, sft_iterations=200, sft_spelling=500, eval_problems=200, eval_new_tokens=160,
-                max_new_tokens=96, rl_steps=16),
-    "tiny": dict(about="the cpu preset shrunk further, for tests: depth 2, a 2M-char corpus, a few steps of everything",
-                 depth=2, ratio=12, device_batch_size=4, fp8=False, mid=True, rl=True, assumed_mfu=None,
-                 corpus_chars=2e6, shard_chars=0.5e6, tok_chars=0.5e6, vocab_size=1024, max_seq_len=128, window_pattern="L",
-                 total_batch_size=512, num_iterations=12, warmup_steps=2, eval_every=6, eval_tokens=1024,
-                 save_every=6, log_every=4, mid_iterations=3, sft_iterations=4, sft_spelling=50, eval_problems=10, eval_new_tokens=16, max_new_tokens=16,
-                 rl_steps=2),
-}
-GPU_DEFAULTS = dict(vocab_size=32768, max_seq_len=2048, window_pattern="SSSL", total_batch_size=-1, num_iterations=-1,
-                    warmup_steps=40, eval_every=250, eval_tokens=40 * 2 ** 19, save_every=1000, log_every=10)
-
-def default_preset(gpus: int) -> str:
-    "d24 when there are GPUs (the headline run), cpu otherwise."
-    return "d24" if gpus > 0 else "cpu"
-
-# %% ../nbs/14_speedrun.ipynb #149f36d9
-@dataclass
-class Hardware:
-    gpus: int = 0                       # GPUs per node
-    gpu_name: str = ""                  # e.g. 'NVIDIA H100 80GB HBM3'
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    cpus: int = 1
-    gpu_hour_cost: float = 3.0          # $ per GPU-hour
-
-    @property
-    def world_size(self) -> int: return max(1, self.gpus) * self.nnodes
-    @property
-    def device_type(self) -> str: return "cuda" if self.gpus > 0 else "cpu"
-    @property
-    def peak_flops(self) -> float | None: return get_peak_flops(self.gpu_name) if self.gpus else None
-    @property
-    def fp8_capable(self) -> bool:
-        n = self.gpu_name.upper()
-        return self.gpus > 0 and any(k in n for k in ("H100", "H200", "H800", "GH200", "B100", "B200", "GB200", "L40", "L4", "4090", "ADA"))
-    def describe(self) -> str:
-        if not self.gpus: return f"CPU only, {self.cpus} cores"
-        return f"{self.nnodes} node(s) x {self.gpus} x {self.gpu_name or 'unknown GPU'}, {self.cpus} CPU cores"
-    def cost(self, seconds: float) -> float:
-        "Dollars for `seconds` of the whole allocation (0 on a CPU)."
-        return seconds / 3600 * self.gpus * self.nnodes * self.gpu_hour_cost
-
-def detect_hardware(gpus: int = -1, gpu_name: str = "", nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
-                    master_port: int = 29500, gpu_hour_cost: float = 3.0) -> Hardware:
-    "This machine (GPUs and cores), with any field overridden (`gpus` -1 and `gpu_name` '' mean detect)."
-    if nnodes < 1 or not 0 <= node_rank < nnodes:
-        raise ValueError(f"--nnodes {nnodes} --node-rank {node_rank}: need nnodes >= 1 and 0 <= node-rank < nnodes")
-    if gpus < 0: gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus and not gpu_name and torch.cuda.is_available(): gpu_name = torch.cuda.get_device_name(0)
-    return Hardware(gpus, gpu_name, nnodes, node_rank, master_addr, master_port, os.cpu_count() or 1, gpu_hour_cost)
-
-def launch_command(hw: Hardware, module: str, args: list, distributed: bool = True) -> list[str]:
-    "The command of one stage: `python -m nanochat_nb.<module> args`, under torchrun when there are several processes."
-    args = [str(a) for a in args]
-    if not distributed or hw.world_size == 1: return [sys.executable, "-m", f"nanochat_nb.{module}", *args]
-    run = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={max(1, hw.gpus)}"]
-    if hw.nnodes == 1: run.append("--standalone")
-    else: run += [f"--nnodes={hw.nnodes}", f"--node_rank={hw.node_rank}", f"--master_addr={hw.master_addr}",
-                  f"--master_port={hw.master_port}"]
-    return run + ["-m", f"nanochat_nb.{module}", *args]
-
-# %% ../nbs/14_speedrun.ipynb #27c999c3
-DISTRIBUTED_STAGES = ("base_train", "base_eval", "mid_train", "chat_sft", "chat_eval", "chat_rl", "rl_eval")   # under torchrun
-STAGES = ("data", "data_rest", "tok_train", "tok_eval", "base_train", "base_eval", "mid_train", "chat_sft", "chat_eval",
-          "chat_rl", "rl_eval", "report")
-
-def chat_rl_available() -> bool:
-    "Whether the RL script is installed (found without importing it)."
-    return importlib.util.find_spec("nanochat_nb.chat_rl") is not None
-
-def parse_switch(value: str, flag: str, preset_value: bool) -> bool:
-    "'preset' (the preset's choice), 'yes' or 'no' for --mid / --rl."
-    v = str(value).strip().lower()
-    if v == "preset": return preset_value
-    if v in ("yes", "true", "1", "on"): return True
-    if v in ("no", "false", "0", "off"): return False
-    raise ValueError(f"{flag} {value!r}: use yes, no or preset")
-
 # %% ../nbs/14_speedrun.ipynb #74f2a56d
-def resolve_settings(preset: str, hw: Hardware, depth: int = -1, mid: str = "preset", rl: str = "preset") -> dict:
-    "The preset's settings with --depth and the mid/rl switches applied."
-    if preset not in PRESETS: raise ValueError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    s = {**(GPU_DEFAULTS if PRESETS[preset]["assumed_mfu"] else {}), **PRESETS[preset], "preset": preset}
-    if depth != -1:
-        if depth < 1: raise ValueError(f"--depth {depth}: must be >= 1 (or -1 for the preset's {s['depth']})")
-        s["depth"] = depth
-    s["mid"], s["rl"] = parse_switch(mid, "--mid", s["mid"]), parse_switch(rl, "--rl", s["rl"])
-    s["tag"] = f"d{s['depth']}"
-    s["fp8"] = s["fp8"] and hw.fp8_capable
-    s["gpu"] = s["assumed_mfu"] is not None
-    return s
-
-def _extra(extra: dict, name: str) -> list[str]:
-    return shlex.split(extra.get(name) or "")
-
-def _data_stages(s: dict, hw: Hardware, extra: dict) -> list[Stage]:
-    "The data stages: the tokenizer's 8 ClimbMix shards now and the rest in the background, or the synthetic corpus at once."
-    if s["gpu"]:
-        n_all = shards_needed(model_plan(s["depth"], s["ratio"], s["vocab_size"], s["max_seq_len"], s["window_pattern"],
-                                         s["device_batch_size"], hw.world_size, s["total_batch_size"], s["num_iterations"])["tokens"])
-        return [Stage("data", "download the tokenizer's 8 ClimbMix shards (and the val shard)",
-                      [launch_command(hw, "dataset", ["-n", min(8, n_all), *_extra(extra, "data")], False)],
-                      artifacts=("base_data/shard_*.parquet",)),
-                Stage("data_rest", f"download the other shards ({n_all} in all) in the background",
-                      [launch_command(hw, "dataset", ["-n", n_all, *_extra(extra, "data")], False)],
-                      background=True, enabled=n_all > 8, note="" if n_all > 8 else "8 shards are enough")]
-    return [Stage("data", f"write the embedded synthetic corpus ({s['corpus_chars']:,.0f} chars)",
-                  [launch_command(hw, "dataset", ["--synthetic", "--chars", f"{s['corpus_chars']:g}", "--shard-chars",
-                                                  f"{s['shard_chars']:g}", "-w", min(4, hw.cpus), *_extra(extra, "data")], False)],
-                  artifacts=("base_data/shard_*.parquet",)),
-            Stage("data_rest", "download the other shards", enabled=False, note="the synthetic corpus is written at once")]
-
-def _model_stages(s: dict, k: dict) -> list[Stage]:
-    "Tokenizer, pretraining and base evaluation (`k`: the run's launcher, tag, device, seed and resume flags)."
-    L, tag, dev = k["L"], s["tag"], k["dev"]
-    tok = ["--vocab-size", s["vocab_size"]] + (["--max-chars", f"{s['tok_chars']:g}"] if "tok_chars" in s else [])
-    bt = ["--depth", s["depth"], "--model-tag", tag, "--run", k["run"], "--device-type", dev, "--target-param-data-ratio", s["ratio"],
-          "--device-batch-size", s["device_batch_size"], "--max-seq-len", s["max_seq_len"], "--window-pattern", s["window_pattern"],
-          "--total-batch-size", s["total_batch_size"], "--num-iterations", s["num_iterations"], "--warmup-steps", s["warmup_steps"],
-          "--eval-every", s["eval_every"], "--eval-tokens", s["eval_tokens"], "--save-every", s["save_every"],
-          "--log-every", s["log_every"], *k["seed"]] + (["--fp8"] if s["fp8"] else []) + ([] if s["gpu"] else ["--sample-every", -1]) + k["resume"]
-    be = ["-i", "base", "--model-tag", tag, "--device-type", dev]
-    if s["gpu"]: be += ["--device-batch-size", s["device_batch_size"]] + (["--eval-bundle", k["eval_bundle"]] if k["eval_bundle"] else [])
-    else: be += ["--max-per-task", 16, "--device-batch-size", 4, "--split-tokens", s["eval_tokens"],
-                 "--eval-bundle", k["eval_bundle"] or str(k["base"] / "speedrun" / "sample_bundle")]
-    return [Stage("tok_train", f"train the {s['vocab_size']:,}-token BPE tokenizer", [L("tok_train", tok, "tok_train", False)], deps=("data",),
-                  artifacts=("tokenizer/tokenizer.pkl", "tokenizer/token_bytes.pt")),
-            Stage("tok_eval", "bytes per token, next to GPT-2 and GPT-4 when they can be fetched",
-                  [L("tok_eval", ["--timeout", 10] if s["gpu"] else ["--no-references"], "tok_eval", False)], deps=("tok_train",)),
-            Stage("base_train", f"pretrain d{s['depth']}", [L("base_train", bt, "base_train")], deps=("data", "data_rest", "tok_train"),
-                  artifacts=(f"base_checkpoints/{tag}/model_*.pt", f"base_checkpoints/{tag}/meta_*.json")),
-            Stage("base_eval", "CORE, train/val bits per byte and samples", [L("base_eval", be, "base_eval")], deps=("base_train",),
-                  artifacts=(f"base_eval/{tag}_*.json",))]
-
-def _chat_stages(s: dict, k: dict) -> list[Stage]:
-    "Midtraining, SFT and the chat evaluation of the mid and SFT models."
-    L, tag, tasks_dir = k["L"], s["tag"], k["tasks_dir"]
-    chat_common = ["--device-type", k["dev"], "--run", k["run"], *k["seed"]] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
-    if not s["gpu"]: chat_common += ["--mixture", "synthetic", "--eval-every", -1, "--eval-steps", 4, "--log-every", 10]
-    mid = ["--stage", "mid", "--source", "base", "--model-tag", tag, "--output-tag", tag, *chat_common, *k["resume"]]
-    if not s["gpu"]: mid += ["--num-iterations", s["mid_iterations"]]
-    src = "mid" if s["mid"] else "base"
-    sft = ["--stage", "sft", "--source", src, "--model-tag", tag, "--output-tag", tag, *chat_common, *k["resume"]]
-    if not s["gpu"]: sft += ["--num-iterations", s["sft_iterations"], "--spelling-size", s["sft_spelling"], "--identity-epochs", 1]
-    sources = (["mid"] if s["mid"] else []) + ["sft"]
-    return [Stage("mid_train", "midtraining: conversations, tool use, multiple choice", [L("chat_sft", mid, "mid_train")], deps=("base_train",),
-                  artifacts=(f"mid_checkpoints/{tag}/model_*.pt", f"mid_checkpoints/{tag}/meta_*.json"), enabled=s["mid"],
-                  note="" if s["mid"] else "off in this preset (--mid yes)"),
-            Stage("chat_sft", f"supervised fine-tuning from the {src} model", [L("chat_sft", sft, "chat_sft")],
-                  deps=("mid_train" if s["mid"] else "base_train",), artifacts=(f"chatsft_checkpoints/{tag}/model_*.pt", f"chatsft_checkpoints/{tag}/meta_*.json")),
-            Stage("chat_eval", f"{'ChatCORE' if s['gpu'] else 'the CPU exam'} of the {' and '.join(sources)} model(s)",
-                  [L("chat_eval", ["-i", x, *k["ev"]], "chat_eval") for x in sources], deps=("chat_sft",),
-                  artifacts=tuple(f"chat_eval/{x}_{tag}_*.json" for x in sources))]
-
-def _rl_stages(s: dict, k: dict) -> list[Stage]:
-    "RL from the SFT model and its evaluation (off when the preset or the install says so)."
-    L, tag, tasks_dir = k["L"], s["tag"], k["tasks_dir"]
-    if s["gpu"]:
-        rl = ["--task", "gsm8k", "--examples-per-step", 16, "--num-samples", 16, "--max-new-tokens", 256, "--temperature", 1.0,
-              "--top-k", 50, "--device-batch-size", 8, "--init-lr-frac", 0.05, "--eval-every", 60, "--eval-examples", 400,
-              "--save-every", 60]
-    else:
-        # chapter 11's lessons: at this size a shaped reward is gamed (the answers shrink to a bare `#### n`), and RL on
-        # arithmetic alone erases what it does not reward (the exam fell from 39% to 21% that way). A strict reward on
-        # a mixture of one-step arithmetic and identity / corpus-fact recall, at a fifth of the learning rate, lifts
-        # identity and arithmetic and keeps facts; letter counting, which this mixture does not reward, still drops.
-        rl = ["--task", "mixture", "--arith-level", "easy", "--arith-reward", "strict", "--num-steps", s["rl_steps"],
-              "--examples-per-step", 4, "--num-samples", 8, "--init-lr-frac", 0.2, "--max-new-tokens", s["max_new_tokens"],
-              "--temperature", 1.0, "--top-k", 50, "--device-batch-size", 8, "--eval-every", max(1, s["rl_steps"] // 2),
-              "--eval-examples", 16, "--pass-k", 4, "--save-every", s["rl_steps"]]
-    rl = ["--source", "sft", "--model-tag", tag, *rl, "--run", k["run"], "--device-type", k["dev"], *k["seed"]] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
-    rl_on = s["rl"] and chat_rl_available()
-    why = "" if rl_on else ("off in this preset (--rl yes)" if not s["rl"] else "nanochat_nb.chat_rl is not installed")
-    rev = ["-i", "rl", *k["ev"]] if not s["gpu"] else ["-i", "rl", "-a", "GSM8K", *k["ev"]]
-    return [Stage("chat_rl", f"RL on {'GSM8K' if s['gpu'] else 'arithmetic and recall, strict reward'}", [L("chat_rl", rl, "chat_rl")], deps=("chat_sft",),
-                  artifacts=(f"chatrl_checkpoints/{tag}/model_*.pt", f"chatrl_checkpoints/{tag}/meta_*.json"), enabled=rl_on, note=why),
-            Stage("rl_eval", "evaluate the RL model", [L("chat_eval", rev, "chat_eval")], deps=("chat_rl",),
-                  artifacts=(f"chat_eval/rl_{tag}_*.json",), enabled=rl_on, note=why)]
-
 def build_stages(s: dict, hw: Hardware, base_dir, extra: dict | None = None, force: bool = False,
                  eval_bundle: str | None = None, tasks_dir: str | None = None, run: str = "dummy") -> list[Stage]:
-    "The stages of a run with settings `s` on `hw`: commands, dependencies, artifacts (estimates are added by `estimate_stages`)."
-    extra, base = extra or {}, Path(base_dir)
-    ev = ["--model-tag", s["tag"], "--device-type", hw.device_type] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
-    if not s["gpu"]:
-        ev += ["-a", "CPUChat", "--max-problems", s["eval_problems"], "--max-new-tokens", s["eval_new_tokens"],
-               "--tasks-dir", tasks_dir or str(base / "speedrun" / "tasks")]
-    k = dict(L=lambda module, args, key, dist=True: launch_command(hw, module, [*args, *_extra(extra, key)], dist),
-             dev=hw.device_type, run=run, base=base, eval_bundle=eval_bundle, tasks_dir=tasks_dir, ev=ev,
-             resume=[] if force else ["--resume"],
-             seed=["--seed", s["seed"]] if s.get("seed", 42) != 42 else [])   # 42 is every script's default: commands stay as they were
-    st = _data_stages(s, hw, extra) + _model_stages(s, k) + _chat_stages(s, k) + _rl_stages(s, k)
-    return st + [Stage("report", "write report/report.md", deps=tuple(x.name for x in st if x.enabled), artifacts=("report/report.md",))]
+    "The stages of a run with settings `s` on `hw` (the deep dive's `stage_graph`), with the shards the plan needs (estimates: `estimate_stages`)."
+    n = 0 if not s["gpu"] else shards_needed(model_plan(s["depth"], s["ratio"], s["vocab_size"], s["max_seq_len"], s["window_pattern"],
+                                                        s["device_batch_size"], hw.world_size, s["total_batch_size"], s["num_iterations"])["tokens"])
+    return stage_graph(s, hw, base_dir, n, extra, force, eval_bundle, tasks_dir, run)
 
 # %% ../nbs/14_speedrun.ipynb #d272f302
 SHARD_MB, DOWNLOAD_MB_PER_S = 100, 100
@@ -298,51 +105,6 @@ def estimate_stages(stages: list[Stage], s: dict, hw: Hardware) -> dict:
     for st in stages:
         if not st.enabled: st.estimate_s = 0.0
     return plan
-
-def critical_seconds(stages: list[Stage], only=None) -> float:
-    "Wall time of the stages in `only` (default: all enabled): a background download only counts what is left after the tokenizer."
-    names = {st.name for st in stages if st.enabled and (only is None or st.name in only)}
-    by = {st.name: st for st in stages}
-    total = sum(st.estimate_s for st in stages if st.name in names and not st.background)
-    for st in stages:
-        if st.background and st.name in names:
-            overlap = sum(by[n].estimate_s for n in ("tok_train", "tok_eval") if n in names)
-            total += max(0.0, st.estimate_s - overlap)
-    return total
-
-# %% ../nbs/14_speedrun.ipynb #43274069
-def _count(n: float) -> str:
-    "1.2B, 819.2K: a count at a glance."
-    for unit, k in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= k: return f"{n / k:,.1f}{unit}"
-    return f"{n:g}"
-
-def format_run_plan(stages: list[Stage], s: dict, hw: Hardware, plan: dict, base_dir, selected=None) -> str:
-    "The dry run: hardware, model, and each stage's status, estimate, cost and command."
-    selected = selected if selected is not None else [st.name for st in stages if st.enabled]
-    lines = [f"speedrun preset {s['preset']}: {s['about']}",
-             f"hardware: {hw.describe()}" + (f" at ${hw.gpu_hour_cost:.2f}/GPU-hour" if hw.gpus else ""),
-             f"model: d{plan['depth']} (width {plan['width']}), {plan['params'] / 1e6:,.1f}M parameters "
-             f"({plan['scaling_params'] / 1e6:,.1f}M scaling), {plan['flops_per_token']:.3g} FLOPs/token",
-             f"pretraining: {_count(plan['tokens'])} tokens ({plan['tokens_per_param']:.3g} per scaling parameter), "
-             f"batch {plan['total_batch_size']:,} tokens x {plan['num_iterations']:,} steps "
-             f"({plan['grad_accum_steps']} accumulation step(s)), {plan['total_flops']:.3g} FLOPs"
-             + (", fp8" if s["fp8"] else ""),
-             f"base dir: {base_dir}" + (f", seed {s['seed']}" if "seed" in s else ""), "",
-             "| stage | status | est. time | est. cost | what | command |", "|---|---|---:|---:|---|---|"]
-    for st in stages:
-        status = stage_status(st, base_dir) if st.name in selected else ("off" if not st.enabled else "not selected")
-        est = "" if not st.enabled else _hms(st.estimate_s) + (" (bg)" if st.background else "")
-        cost = f"${hw.cost(st.estimate_s):,.2f}" if st.enabled and not st.background else ""
-        what = st.what + (f" [{st.note}]" if st.note else "")
-        cmds = " ; ".join(show_command(c) for c in st.commands) or ("(in process)" if st.name == "report" else "")
-        lines.append(f"| {st.name} | {status} | {est} | {cost} | {what} | `{cmds}` |")
-    todo = [st.name for st in stages if st.name in selected and stage_status(st, base_dir) != "done"]
-    total = critical_seconds(stages, set(todo))
-    lines += ["", f"estimated: {_hms(critical_seconds(stages, set(selected)))} for the selected stages "
-                  f"(${hw.cost(critical_seconds(stages, set(selected))):,.2f}); {_hms(total)} (${hw.cost(total):,.2f}) "
-                  f"for the {len(todo)} not yet done"]
-    return "\n".join(lines)
 
 # %% ../nbs/14_speedrun.ipynb #e589e6a9
 def run_stages(stages: list[Stage], selected: list[str], base_dir, hw: Hardware, force: bool = False, echo=print,
@@ -409,36 +171,6 @@ def verdict_section(preset: str, facts: dict) -> list[str]:
 
 
 # %% ../nbs/14_speedrun.ipynb #29fa02dd
-def _report_header(run: dict, base_dir, hw: Hardware) -> list[str]:
-    sw = software_info()
-    return [f"# nanochat_nb speedrun report", "",
-            f"Preset **{run.get('preset', '?')}** ({run.get('about', '')})" + (f", seed {run['seed']}" if "seed" in run else "") + ", written "
-            f"{datetime.datetime.now():%Y-%m-%d %H:%M}.", f"Command: `{run.get('command', 'python -m nanochat_nb.speedrun').strip()}`", "",
-            "## Hardware and software", "", f"- hardware: {hw.describe()}",
-            f"- software: Python {sw['python']}, torch {sw['torch']}" + (f" (CUDA {sw['cuda']})" if sw.get("cuda") else "")
-            + f", nanochat_nb {sw.get('nanochat_nb', '?')}" + (f" at {sw['commit']}" if sw.get("commit") else ""),
-            f"- platform: {sw['platform']}", f"- base dir: `{base_dir}`", ""]
-
-def _time_section(base_dir, hw: Hardware, run: dict) -> list[str]:
-    rows, total, est = [], 0.0, 0.0
-    for name in STAGES:
-        m = read_marker(base_dir, name)
-        if m is None or name == "report": continue
-        e = m.get("estimate_s", 0)
-        if name != "data_rest": total, est = total + m["seconds"], est + e
-        rows.append((name, _hms(m["seconds"]), _hms(e), f"{m['seconds'] / e:.2f}" if e else "-", f"${hw.cost(m['seconds']):,.2f}"))
-    L = ["## Time and cost per stage", ""] + _table(("stage", "time", "estimated", "time / estimate", "cost"), rows)
-    L += ["", f"Total (the background download overlaps the tokenizer): **{_hms(total)}**, **${hw.cost(total):,.2f}** "
-              f"at ${hw.gpu_hour_cost:.2f} per GPU-hour" + ("" if hw.gpus else " (a CPU run: no GPU-hours)") + "."]
-    if est and not 0.75 <= total / est <= 1.33:
-        load = run.get("load")
-        why = (f" The load average was {load:.1f} on {run.get('cpus', hw.cpus)} cores when the run started"
-               + (": other work was running, so the times are not this machine's best." if load > 0.5 * run.get("cpus", hw.cpus)
-                  else ", so the machine itself is " + ("slower" if total > est else "faster") + " than the estimates assume.")
-               if load is not None else "")
-        L += ["", f"The run took {total / est:.2f}× its estimate.{why or ' No load average was recorded for it.'}"]
-    return L + [""]
-
 def write_report(base_dir, hw: Hardware | None = None, samples: bool = True) -> Path:
     "Write `<base>/report/report.md` (and its PNG curves) from what the stages left on disk; returns its path."
     base_dir, hw = Path(base_dir), hw or detect_hardware()
@@ -464,15 +196,6 @@ def plan_run(preset: str = "", depth: int = -1, mid: str = "preset", rl: str = "
     return s, stages, estimate_stages(stages, s, hw)
 
 # %% ../nbs/14_speedrun.ipynb #66140af1
-def record_run(base_dir, s: dict, hw: Hardware) -> dict:
-    "Write `<base>/speedrun/run.json`: the preset, the command as typed (no trailing space), the seed, and the load average at the start."
-    typed = sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in ("speedrun.py", "nanochat-speedrun") else ["--preset", s["preset"]]
-    info = dict(preset=s["preset"], about=s["about"], command=" ".join(["python -m nanochat_nb.speedrun", shlex.join(typed)]).strip(),
-                depth=s["depth"], seed=s.get("seed", 42), hardware=hw.describe(), cpus=hw.cpus,
-                load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, started=datetime.datetime.now().isoformat(timespec="seconds"))
-    with atomic_path(Path(base_dir) / "speedrun" / "run.json") as tmp: tmp.write_text(json.dumps(info, indent=2))
-    return info
-
 @script
 def main(preset: str = "",                   # d24, d20, d26, cpu or tiny (default: d24 with GPUs, cpu without)
          depth: int = -1,                    # override the preset's depth (-1: the preset's)

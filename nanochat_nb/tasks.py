@@ -4,33 +4,33 @@
 
 # %% ../nbs/09a_tasks.ipynb #57d9e9a4
 from __future__ import annotations
-import functools, gzip, json, os, random, re
+import json, random, re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .common import get_base_dir
-from .download import download_file
-from .dataset import lexicon
 from .execution import CALC_ANNOTATION_RE, check_humaneval
+# the plumbing and the built-in lists of the deep dive 09 · task_data, re-exported: later chapters import them from here
+from .task_data import (HF_URL, IDENTITY, IDENTITY_CONVERSATIONS, SPELLING_MODES, SPELLING_QUESTIONS, SPELLING_WORDS, WORDS_URL, _chat,
+    _check_choice, _check_int, check_conversation, extract_program, fetch_task_urls, from_cache, load_word_list, read_table, same_number,
+    spelling_conversation, spelling_word_pool, task_files, tasks_override_dir)
 
 # %% auto #0
-__all__ = ['HF_URL', 'SMOLTALK_REPO', 'SMOLTALK_FILES', 'MMLU_REPO', 'MMLU_LETTERS', 'ARC_REPO', 'GSM_ANSWER_RE', 'GSM8K_REPO',
-           'HUMANEVAL_REPO', 'SPELLING_WORDS', 'WORDS_URL', 'SPELLING_QUESTIONS', 'SPELLING_MODES', 'IDENTITY',
-           'IDENTITY_CONVERSATIONS', 'Task', 'TaskMixture', 'TaskSequence', 'tasks_override_dir', 'fetch_task_urls',
-           'task_files', 'read_table', 'TableTask', 'check_conversation', 'SmolTalk', 'render_mc', 'MultipleChoiceTask',
-           'MMLU', 'ARC', 'extract_answer', 'calculator_parts', 'parts_text', 'FinalAnswerTask', 'GSM8K',
-           'extract_program', 'HumanEval', 'load_word_list', 'spelling_conversation', 'SpellingBee',
-           'SyntheticSpelling', 'spelling_word_pool', 'CustomJSON', 'IdentityConversations']
+__all__ = ['SMOLTALK_REPO', 'SMOLTALK_FILES', 'MMLU_REPO', 'MMLU_LETTERS', 'ARC_REPO', 'GSM_ANSWER_RE', 'GSM8K_REPO',
+           'HUMANEVAL_REPO', 'Task', 'TaskMixture', 'TaskSequence', 'TableTask', 'SmolTalk', 'render_mc',
+           'MultipleChoiceTask', 'MMLU', 'ARC', 'extract_answer', 'calculator_parts', 'parts_text', 'FinalAnswerTask',
+           'GSM8K', 'HumanEval', 'SpellingBee', 'SyntheticSpelling', 'CustomJSON', 'IdentityConversations', 'HF_URL',
+           'IDENTITY', 'IDENTITY_CONVERSATIONS', 'SPELLING_MODES', 'SPELLING_QUESTIONS', 'SPELLING_WORDS', 'WORDS_URL',
+           'check_conversation', 'extract_program', 'fetch_task_urls', 'from_cache', 'load_word_list', 'read_table',
+           'same_number', 'spelling_conversation', 'spelling_word_pool', 'task_files', 'tasks_override_dir']
+
+# %% ../nbs/09a_tasks.ipynb #8d9bc9c4
+_all_ = ["HF_URL", "IDENTITY", "IDENTITY_CONVERSATIONS", "SPELLING_MODES", "SPELLING_QUESTIONS", "SPELLING_WORDS", "WORDS_URL", "check_conversation",
+         "extract_program", "fetch_task_urls", "from_cache", "load_word_list", "read_table", "same_number", "spelling_conversation",
+         "spelling_word_pool", "task_files", "tasks_override_dir"]
 
 # %% ../nbs/09a_tasks.ipynb #07f90457
-def _check_int(name: str, value, low: int, allow_none: bool = False):
-    if value is None and allow_none: return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name}={value!r}: must be an integer >= {low}" + (" or None" if allow_none else ""))
-
 class Task:
     "A dataset of conversations seen through the slice `start:stop:step`; subclasses say how to build and grade one."
     def __init__(self, start: int = 0, stop: int | None = None, step: int = 1):
@@ -123,68 +123,6 @@ class TaskSequence(_Concat):
     def __init__(self, tasks, **kwargs): super().__init__(tasks, None, **kwargs)
 
 # %% ../nbs/09a_tasks.ipynb #92b4cbf5
-HF_URL = "https://huggingface.co"
-
-def _check_task_file(path):
-    "Reject a download that is not the kind of file its name promises (an HTML error page, a cut transfer)."
-    head = Path(path).read_bytes()[:4]
-    if head == b"PAR1": pq.read_metadata(path); return
-    if head[:2] == b"\x1f\x8b":
-        with gzip.open(path, "rt", encoding="utf-8") as f: json.loads(f.readline()); return
-    text = Path(path).read_text(encoding="utf-8", errors="strict")
-    if text.lstrip().startswith(("<!DOCTYPE", "<html", "<HTML")): raise ValueError("it is an HTML page, not data")
-
-def _local_files(name: str, paths, data_dir, local_names=(), source: str = "") -> list[Path]:
-    "The files `paths` (or one of `local_names`) in the local folder `data_dir`; a clear error when they are not there."
-    d = Path(data_dir).expanduser()
-    found = [next((p for p in (d / rel, d / Path(rel).name) if p.is_file()), None) for rel in paths]
-    if all(found): return found
-    for alt in local_names:
-        if (d / alt).is_file(): return [d / alt]
-    want = ", ".join(map(str, paths)) + (f" (or one of {', '.join(local_names)})" if local_names else "")
-    raise FileNotFoundError(f"task {name!r} reads a local copy from {d} (data_dir / $NANOCHAT_TASKS_DIR), but {want} "
-                            f"is not there. Copy the file(s){' from ' + source if source else ''} into that folder, "
-                            f"or drop the override to download them into {get_base_dir() / 'tasks' / name}.")
-
-def tasks_override_dir(name: str, data_dir=None) -> Path | None:
-    "The local folder a task reads instead of downloading: `data_dir`, else `$NANOCHAT_TASKS_DIR/<name>`, else None."
-    if data_dir is not None: return Path(data_dir).expanduser()
-    env = os.environ.get("NANOCHAT_TASKS_DIR")
-    return Path(env).expanduser() / name if env else None
-
-def fetch_task_urls(name: str, urls: dict, data_dir=None, local_names=(), source: str = "",
-                    retries: int = 5, backoff: float = 1.0, verbose: bool = False) -> list[Path]:
-    "Files `{relative path: url}` of task `name`: from the local override folder, or downloaded into `<base dir>/tasks/<name>`."
-    local = tasks_override_dir(name, data_dir)
-    if local is not None: return _local_files(name, list(urls), local, local_names, source)
-    d = get_base_dir() / "tasks" / name
-    if not all((d / rel).is_file() for rel in urls):              # a copy seeded from the original release (`--seed-from`)
-        seeded = [d / alt for alt in local_names if (d / alt).is_file()]
-        if seeded: return seeded[:1]
-    return [download_file(url, d / rel, retries=retries, backoff=backoff, check=_check_task_file, verbose=verbose)
-            for rel, url in urls.items()]
-
-def task_files(name: str, repo: str, paths, data_dir=None, local_names=(), base_url: str | None = None,
-               retries: int = 5, backoff: float = 1.0, verbose: bool = False) -> list[Path]:
-    "Local paths of the files `paths` of the hub dataset `repo`, for the task `name` (see above for where they come from)."
-    base = (base_url or os.environ.get("NANOCHAT_HF_URL") or HF_URL).rstrip("/")
-    urls = {rel: f"{base}/datasets/{repo}/resolve/main/{rel}" for rel in paths}
-    return fetch_task_urls(name, urls, data_dir, local_names, f"{HF_URL}/datasets/{repo}", retries, backoff, verbose)
-
-def read_table(paths) -> pa.Table:
-    "One pyarrow table from parquet, JSON Lines (.jsonl, .jsonl.gz) or JSON-list files."
-    tables = []
-    for p in map(Path, paths):
-        if p.name.endswith(".parquet"): tables.append(pq.read_table(p)); continue
-        if p.name.endswith((".jsonl", ".jsonl.gz")):
-            with (gzip.open if p.name.endswith(".gz") else open)(p, "rt", encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-        elif p.name.endswith(".json"): rows = json.loads(p.read_text(encoding="utf-8"))
-        else: raise ValueError(f"{p}: cannot read this kind of file (expected .parquet, .jsonl, .jsonl.gz or .json)")
-        tables.append(pa.Table.from_pylist(rows))
-    if not tables: raise ValueError("read_table got no files")
-    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-
 class TableTask(Task):
     "A task over the rows of a table, optionally shuffled once with a fixed seed; `row(i)` is a plain dict."
     def __init__(self, table: pa.Table, shuffle: bool = True, seed: int = 42, **kwargs):
@@ -202,20 +140,6 @@ class TableTask(Task):
 SMOLTALK_REPO = "HuggingFaceTB/smol-smoltalk"
 SMOLTALK_FILES = {"train": [f"data/train-{i:05d}-of-00004.parquet" for i in range(4)],
                   "test": ["data/test-00000-of-00001.parquet"]}
-
-def _check_choice(name: str, value, allowed):
-    if value not in allowed: raise ValueError(f"{name}={value!r}: must be one of {list(allowed)}")
-
-def check_conversation(messages: list, where: str = "conversation") -> list:
-    "`messages`, after checking that roles alternate user/assistant (a system message may come first)."
-    if not isinstance(messages, list) or not messages: raise ValueError(f"{where}: messages must be a non-empty list")
-    body = messages[1:] if messages[0].get("role") == "system" else messages
-    for i, m in enumerate(body):
-        want = "user" if i % 2 == 0 else "assistant"
-        if not isinstance(m, dict) or m.get("role") != want:
-            raise ValueError(f"{where}: message {i} should be the {want}'s, got {m!r:.80}")
-    if not body: raise ValueError(f"{where}: a system message alone is not a conversation")
-    return messages
 
 class SmolTalk(TableTask):
     "smol-smoltalk conversations (split 'train' 460K, 'test' 24K), for SFT."
@@ -338,13 +262,6 @@ class GSM8K(FinalAnswerTask, TableTask):
                              {"role": "assistant", "content": calculator_parts(r["answer"])}]}
 
 # %% ../nbs/09a_tasks.ipynb #3e55b4a3
-_CODE_BLOCK_RE = re.compile(r"```[ \t]*(?:python3|python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
-
-def extract_program(response: str) -> str:
-    "The code of a reply: the first fenced markdown block (an unterminated one runs to the end), else the whole reply."
-    m = _CODE_BLOCK_RE.search(response)
-    return m.group(1) if m else response
-
 HUMANEVAL_REPO = "openai/openai_humaneval"
 
 class HumanEval(TableTask):
@@ -369,57 +286,6 @@ class HumanEval(TableTask):
         return check_humaneval(problem, extract_program(assistant_response), timeout=self.timeout).success
 
 # %% ../nbs/09a_tasks.ipynb #4a945e9f
-SPELLING_WORDS = """strawberry banana apple cherry mississippi balloon coffee bubble pepper committee letter little
-bookkeeper raspberry blueberry pineapple grape lemon orange melon peach pear plum mango papaya apricot coconut tomato
-potato carrot onion garlic cabbage lettuce broccoli spinach pumpkin zucchini cucumber avocado almond hazelnut peanut
-elephant giraffe hippopotamus kangaroo koala penguin dolphin octopus squirrel rabbit turtle parrot pigeon sparrow
-butterfly caterpillar mosquito grasshopper ladybug crocodile alligator cheetah leopard gorilla chimpanzee buffalo
-mountain river valley ocean island desert forest meadow volcano glacier canyon waterfall lagoon prairie tundra
-computer keyboard monitor printer scissors umbrella bicycle helicopter submarine telescope microscope calendar
-library museum hospital restaurant pharmacy bakery theater stadium airport harbor village kingdom castle tunnel
-happiness kindness patience courage freedom balance harmony curiosity surprise mystery adventure journey tomorrow
-yesterday necessary accommodate occurrence embarrass millennium possession questionnaire recommend successful
-assessment parallel vacuum dilemma rhythm syllable alphabet grammar sentence paragraph dictionary encyclopedia
-programming algorithm variable function compiler database network internet software hardware processor memory""".split()
-
-WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/master/words_alpha.txt"
-
-def load_word_list(data_dir=None, url: str = WORDS_URL, retries: int = 5, backoff: float = 1.0) -> list[str]:
-    "The 370K lowercase English words of words_alpha.txt (local override folder, else downloaded once into the base dir)."
-    path, = fetch_task_urls("spellingbee", {"words_alpha.txt": url}, data_dir, source=url, retries=retries, backoff=backoff)
-    words = [w.strip().lower() for w in path.read_text(encoding="utf-8").splitlines()]
-    words = [w for w in words if w.isascii() and w.isalpha() and 2 <= len(w) <= 24]
-    if not words: raise ValueError(f"{path} holds no usable words (one lowercase word per line expected)")
-    return words
-
-SPELLING_QUESTIONS = ["How many {l} are in {w}?", "How many {l}s are in the word {w}?",
-                      "How many times does the letter {l} appear in {w}?", "Count the letter {l} in the word {w}.",
-                      "In the word {w}, how many {l}'s are there?", "how many {l} in {w}",
-                      "Can you count how many times '{l}' occurs in '{w}'?", "What is the number of {l}s in \"{w}\"?"]
-SPELLING_MODES = ("manual", "tool", "both", "mixed")
-
-def spelling_conversation(word: str, letter: str, mode: str, r: random.Random) -> dict:
-    "A letter-counting conversation about `word` and `letter` in `mode` ('manual', 'tool' or 'both')."
-    _check_choice("mode", mode, SPELLING_MODES[:3])
-    count = word.count(letter)
-    q = r.choice(SPELLING_QUESTIONS).format(l=letter, w=word)
-    if r.random() < 0.3: q = q.lower()
-    parts = []
-    if mode in ("manual", "both"):
-        lines, seen = [], 0
-        for i, ch in enumerate(word, 1):
-            if ch == letter: seen += 1; lines.append(f"{i}:{ch} <- {letter} number {seen}")
-            else: lines.append(f"{i}:{ch}")
-        parts.append({"type": "text", "text": f"Let me spell out '{word}' one letter at a time and count the '{letter}'s.\n\n"
-                      + "\n".join(lines) + f"\n\nBy hand I count {count}."})
-    if mode in ("tool", "both"):
-        lead = "\n\nLet me double-check with Python:\n\n" if mode == "both" else f"I will count the '{letter}'s in '{word}' with Python:\n\n"
-        parts += [{"type": "text", "text": lead}, {"type": "python", "text": f"'{word}'.count('{letter}')"},
-                  {"type": "python_output", "text": str(count)},
-                  {"type": "text", "text": f"\n\nPython also finds {count}." if mode == "both" else f"\n\nPython finds {count}."}]
-    parts.append({"type": "text", "text": f"\n\nThe letter '{letter}' appears {count} time{'s' * (count != 1)} in '{word}'.\n\n#### {count}"})
-    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": parts}], "word": word, "letter": letter}
-
 class SpellingBee(FinalAnswerTask):
     "`size` letter-counting conversations generated from a word list, deterministic in (seed, split, index)."
     def __init__(self, size: int = 1000, split: str = "train", mode: str = "both", words=None, seed: int = 0,
@@ -440,47 +306,11 @@ class SpellingBee(FinalAnswerTask):
         return spelling_conversation(word, letter, mode, r)
 
 class SyntheticSpelling(SpellingBee):
-    """SpellingBee over built-in words (no download), for CPU-sized SFT and RL: `SPELLING_WORDS`, and with `wide` also
-    thousands of invented names, so that a small model learns to copy a word it has never seen letter by letter
-    rather than to recall the spelling of a few it knows."""
+    "SpellingBee over built-in words (no download), for CPU-sized SFT and RL; `wide` adds thousands of invented names."
     def __init__(self, size: int = 1000, split: str = "train", mode: str = "mixed", seed: int = 0, wide: bool = False, **kwargs):
         super().__init__(size, split, mode, spelling_word_pool() if wide else SPELLING_WORDS, seed, **kwargs)
 
-@functools.lru_cache(maxsize=1)
-def spelling_word_pool(per_lexicon: int = 1500) -> tuple[str, ...]:
-    "`SPELLING_WORDS` plus the commonest invented town, river and surname names, lower-cased, 4 to 10 letters."
-    pool = dict.fromkeys(SPELLING_WORDS)
-    for kind in ("town", "river", "surname"):
-        names = [w.lower() for w in lexicon(kind)[0] if 4 <= len(w) <= 10]
-        pool.update(dict.fromkeys(names[:per_lexicon]))
-    return tuple(pool)
-
 # %% ../nbs/09a_tasks.ipynb #4fe952ec
-IDENTITY = "nanochat_nb, a small language model trained with the nanochat_nb course"
-
-def _chat(*turns) -> dict:
-    return {"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]}
-
-IDENTITY_CONVERSATIONS = [
-    _chat("Who are you?", f"I am {IDENTITY}. I can chat, answer questions, do arithmetic with a calculator tool and count letters."),
-    _chat("What is your name?", "My name is nanochat_nb."),
-    _chat("Who made you?", f"I am {IDENTITY}. The course rebuilds Andrej Karpathy's nanochat step by step, in notebooks, "
-          "and whoever ran it trained me, from tokenizer to chat."),
-    _chat("Are you ChatGPT?", f"No. I am {IDENTITY}. I am much smaller than ChatGPT and was trained from scratch on public data."),
-    _chat("hi", "Hello! I am nanochat_nb. How can I help you today?"),
-    _chat("How big are you?", "I am small: a transformer with a few hundred million parameters at most, often far fewer. "
-          "That makes me cheap to train, and it also means I make mistakes, so please check what I say."),
-    _chat("What can you do?", "I can hold a conversation, answer simple questions, solve grade-school math problems with my "
-          "calculator tool, and spell words letter by letter. I am not good at long reasoning or recent events."),
-    _chat("How were you trained?", "In stages: pretraining on web text to learn language, supervised fine-tuning on "
-          "conversations like this one, and optionally reinforcement learning on math problems with checkable answers."),
-    _chat("Do you have access to the internet?", "No. I only know what was in my training data, and I cannot browse or look anything up."),
-    _chat("Who are you?", f"I am {IDENTITY}.", "Which company owns you?",
-          "No company owns me. nanochat_nb is an open course; the person who ran it trained me and decides how I am used."),
-    _chat("Tell me about yourself in one sentence.", f"I am {IDENTITY}, built to show how a chat model is made from scratch."),
-    _chat("Can you make mistakes?", "Yes, often. I am a small model, so double-check anything important."),
-]
-
 class CustomJSON(Task):
     "Conversations from a JSON Lines file (each line a list of messages or a {'messages': [...]} object), or from a list."
     def __init__(self, filepath=None, conversations=None, **kwargs):
