@@ -8,7 +8,7 @@ import random, re
 
 from .dataset import ANIMALS, COUNTRIES, PLANETS, make_arith_problem, pick_name, town_facts
 from .tasks import (FinalAnswerTask, IDENTITY, Task, _chat, _check_choice, _check_int, calculator_parts,
-                               extract_answer, spelling_conversation)
+                               extract_answer, spelling_conversation, spelling_letter)
 
 # %% auto #0
 __all__ = ['BARE_ARITH_TEMPLATES', 'CPUCHAT_SKILLS', 'CPUCHAT_IDENTITY_PROMPTS', 'CPUCHAT_WORDS', 'NUMBER_RE',
@@ -113,9 +113,7 @@ def cpuchat_example(skill: str, r: random.Random) -> dict:
         return _exam(skill, _chat(q, calculator_parts(f"{worked}\n#### {final}"))["messages"], "number", str(final))
     if skill == "letters":
         word = r.choice(CPUCHAT_WORDS)   # the count is drawn first (0, 1, 2, ... as the word allows) so no constant wins
-        by_count = {}
-        for l in "abcdefghijklmnopqrstuvwxyz": by_count.setdefault(word.count(l), []).append(l)
-        letter = r.choice(by_count[r.choice(sorted(by_count))])
+        letter = spelling_letter(word, r, balanced=True)
         return _exam(skill, spelling_conversation(word, letter, "both", r)["messages"], "number", str(word.count(letter)))
     if skill == "facts":
         kind = r.choice(["capital", "legs", "planet", "river", "region"])

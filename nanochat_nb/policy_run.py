@@ -11,7 +11,7 @@ from pathlib import Path
 from .common import all_gather_objects, atomic_path, print0
 from .checkpoint import checkpoints_root, find_largest_model, list_steps
 from .dataset import make_arith_problem
-from .tasks import GSM8K, IDENTITY, Task, TaskMixture, calculator_parts, extract_answer
+from .tasks import GSM8K, IDENTITY, SyntheticSpelling, Task, TaskMixture, calculator_parts, extract_answer
 from .cpu_tasks import SyntheticArithmetic, CORPUS_FACT_KINDS, corpus_fact_turn, corpus_identity_prompts, fact_answer, grade_cpuchat
 
 # %% auto #0
@@ -122,7 +122,7 @@ class RLMixture(TaskMixture):
 
 def rl_tasks(task: str = "gsm8k", tasks_dir=None, arith_size: int = 2000, arith_level: str = "mixed",
              arith_reward: str = "shaped") -> tuple[Task, Task]:
-    "`(train, val)` tasks of `--task`: GSM8K main train/test, the synthetic arithmetic stand-in, or a mixture of every CPU skill."
+    "`(train, val)` tasks of `--task`: GSM8K main train/test, the synthetic arithmetic stand-in, or a mixture of the CPU skills with checkable answers."
     if task == "gsm8k":
         d = None if tasks_dir is None else Path(tasks_dir).expanduser() / "gsm8k"
         return GSM8K("main", "train", data_dir=d), GSM8K("main", "test", data_dir=d)
@@ -132,11 +132,12 @@ def rl_tasks(task: str = "gsm8k", tasks_dir=None, arith_size: int = 2000, arith_
         if arith_reward not in ARITH_REWARDS: raise ValueError(f"--arith-reward {arith_reward!r}: choose one of {', '.join(ARITH_REWARDS)}")
         kw = dict(level=arith_level, shaped=arith_reward == "shaped")
         return ArithmeticRL(arith_size, split="train", **kw), ArithmeticRL(max(arith_size // 4, 100), split="test", **kw)
-    if task == "mixture":                # arithmetic, identity and corpus facts, each with its own reward
-        if arith_size < 2: raise ValueError(f"--arith-size {arith_size} must be >= 2 for --task mixture")
+    if task == "mixture":                # arithmetic, identity and corpus facts, letter counting: each with its own reward
+        if arith_size < 3: raise ValueError(f"--arith-size {arith_size} must be >= 3 for --task mixture")
         kw = dict(level=arith_level, shaped=arith_reward == "shaped")
-        def make(split, n): return RLMixture([ArithmeticRL(n, split=split, **kw), ChatRecall(n, split=split)])
-        return make("train", arith_size // 2), make("test", max(arith_size // 8, 50))
+        def make(split, n): return RLMixture([ArithmeticRL(n, split=split, **kw), ChatRecall(n, split=split),
+                                              SyntheticSpelling(n, split=split, mode="tool", wide=True)])
+        return make("train", arith_size // 3), make("test", max(arith_size // 12, 34))
     raise ValueError(f"--task {task!r}: choose one of {', '.join(RL_TASKS)}")
 
 # %% ../nbs/11_policy_run.ipynb #6e886e77

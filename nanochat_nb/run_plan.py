@@ -78,7 +78,7 @@ PRESETS = {
                 depth=4, ratio=12, device_batch_size=16, fp8=False, mid=True, rl=True, assumed_mfu=None,
                 corpus_chars=20e6, shard_chars=5e6, tok_chars=5e6, vocab_size=4096, max_seq_len=256, window_pattern="L",
                 total_batch_size=4096, num_iterations=200, warmup_steps=20, eval_every=50, eval_tokens=16384,
-                save_every=50, log_every=10, mid_iterations=30, sft_iterations=200, sft_spelling=500, eval_problems=200, eval_new_tokens=160,
+                save_every=50, log_every=10, mid_iterations=150, sft_iterations=200, sft_spelling=5000, eval_problems=200, eval_new_tokens=160,
                 max_new_tokens=96, rl_steps=16),
     "tiny": dict(about="the cpu preset shrunk further, for tests: depth 2, a 2M-char corpus, a few steps of everything",
                  depth=2, ratio=12, device_batch_size=4, fp8=False, mid=True, rl=True, assumed_mfu=None,
@@ -170,7 +170,7 @@ def _chat_stages(s: dict, k: dict) -> list[Stage]:
     chat_common = ["--device-type", k["dev"], "--run", k["run"], *k["seed"]] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
     if not s["gpu"]: chat_common += ["--mixture", "synthetic", "--eval-every", -1, "--eval-steps", 4, "--log-every", 10]
     mid = ["--stage", "mid", "--source", "base", "--model-tag", tag, "--output-tag", tag, *chat_common, *k["resume"]]
-    if not s["gpu"]: mid += ["--num-iterations", s["mid_iterations"]]
+    if not s["gpu"]: mid += ["--num-iterations", s["mid_iterations"], "--spelling-size", s["sft_spelling"]]
     src = "mid" if s["mid"] else "base"
     sft = ["--stage", "sft", "--source", src, "--model-tag", tag, "--output-tag", tag, *chat_common, *k["resume"]]
     if not s["gpu"]: sft += ["--num-iterations", s["sft_iterations"], "--spelling-size", s["sft_spelling"], "--identity-epochs", 1]

@@ -101,6 +101,7 @@ def estimate_stages(stages: list[Stage], s: dict, hw: Hardware) -> dict:
             elif st.name in CPU_REF_SECONDS:
                 k = 1.0 if st.name in ("data", "tok_train", "tok_eval", "report") else plan["flops_per_token"] / ref
                 if st.name == "chat_sft": k *= s.get("sft_iterations", 200) / 200
+                if st.name == "mid_train": k *= s.get("mid_iterations", 30) / 30
                 st.estimate_s = max(3.0, CPU_REF_SECONDS[st.name] * k)
     for st in stages:
         if not st.enabled: st.estimate_s = 0.0

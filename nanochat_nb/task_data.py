@@ -18,7 +18,8 @@ from .dataset import lexicon
 # %% auto #0
 __all__ = ['HF_URL', 'SPELLING_WORDS', 'SPELLING_QUESTIONS', 'WORDS_URL', 'SPELLING_MODES', 'IDENTITY', 'IDENTITY_CONVERSATIONS',
            'check_conversation', 'tasks_override_dir', 'fetch_task_urls', 'task_files', 'read_table', 'from_cache',
-           'same_number', 'extract_program', 'load_word_list', 'spelling_word_pool', 'spelling_conversation']
+           'same_number', 'extract_program', 'load_word_list', 'spelling_word_pool', 'spelling_letter',
+           'spelling_conversation']
 
 # %% ../nbs/09_task_data.ipynb #96e5d056
 def _check_int(name: str, value, low: int, allow_none: bool = False):
@@ -165,26 +166,38 @@ def spelling_word_pool(per_lexicon: int = 1500) -> tuple[str, ...]:
 # %% ../nbs/09_task_data.ipynb #19238773
 SPELLING_MODES = ("manual", "tool", "both", "mixed")
 
+def spelling_letter(word: str, r: random.Random, balanced: bool = False) -> str:
+    """The letter a question asks about: nanochat's draw (a letter of the word 9 times in 10, else any letter), or with
+    `balanced` a count first (0, 1, 2, ... as far as the word allows), then a letter with that count, so no constant wins."""
+    if not balanced: return r.choice(word) if r.random() < 0.9 else r.choice("abcdefghijklmnopqrstuvwxyz")
+    by_count = {}
+    for l in "abcdefghijklmnopqrstuvwxyz": by_count.setdefault(word.count(l), []).append(l)
+    return r.choice(by_count[r.choice(sorted(by_count))])
+
 def spelling_conversation(word: str, letter: str, mode: str, r: random.Random) -> dict:
-    "A letter-counting conversation about `word` and `letter` in `mode` ('manual', 'tool' or 'both')."
+    """A letter-counting conversation about `word` and `letter` in `mode` ('manual', 'tool' or 'both'). The reply names
+    the word as the question wrote it: quoted stays quoted; a bare word keeps its leading space inside the Python string."""
     _check_choice("mode", mode, SPELLING_MODES[:3])
     count = word.count(letter)
-    q = r.choice(SPELLING_QUESTIONS).format(l=letter, w=word)
+    template = r.choice(SPELLING_QUESTIONS)
+    q = template.format(l=letter, w=word)
     if r.random() < 0.3: q = q.lower()
+    quoted = "'{w}'" in template or '"{w}"' in template
+    name, literal = (f"'{word}'", f"'{word}'") if quoted else (word, f"' {word}'")
     parts = []
     if mode in ("manual", "both"):
         lines, seen = [], 0
         for i, ch in enumerate(word, 1):
             if ch == letter: seen += 1; lines.append(f"{i}:{ch} <- {letter} number {seen}")
             else: lines.append(f"{i}:{ch}")
-        parts.append({"type": "text", "text": f"Let me spell out '{word}' one letter at a time and count the '{letter}'s.\n\n"
+        parts.append({"type": "text", "text": f"Let me spell out {name} one letter at a time and count the '{letter}'s.\n\n"
                       + "\n".join(lines) + f"\n\nBy hand I count {count}."})
     if mode in ("tool", "both"):
-        lead = "\n\nLet me double-check with Python:\n\n" if mode == "both" else f"I will count the '{letter}'s in '{word}' with Python:\n\n"
-        parts += [{"type": "text", "text": lead}, {"type": "python", "text": f"'{word}'.count('{letter}')"},
+        lead = "\n\nLet me double-check with Python:\n\n" if mode == "both" else f"I will count the '{letter}'s in {name} with Python:\n\n"
+        parts += [{"type": "text", "text": lead}, {"type": "python", "text": f"{literal}.count('{letter}')"},
                   {"type": "python_output", "text": str(count)},
                   {"type": "text", "text": f"\n\nPython also finds {count}." if mode == "both" else f"\n\nPython finds {count}."}]
-    parts.append({"type": "text", "text": f"\n\nThe letter '{letter}' appears {count} time{'s' * (count != 1)} in '{word}'.\n\n#### {count}"})
+    parts.append({"type": "text", "text": f"\n\nThe letter '{letter}' appears {count} time{'s' * (count != 1)} in {name}.\n\n#### {count}"})
     return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": parts}], "word": word, "letter": letter}
 
 # %% ../nbs/09_task_data.ipynb #b5da4ee8

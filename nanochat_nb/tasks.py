@@ -14,7 +14,7 @@ from .execution import CALC_ANNOTATION_RE, check_humaneval
 # the plumbing and the built-in lists of the deep dive 09 · task_data, re-exported: later chapters import them from here
 from .task_data import (HF_URL, IDENTITY, IDENTITY_CONVERSATIONS, SPELLING_MODES, SPELLING_QUESTIONS, SPELLING_WORDS, WORDS_URL, _chat,
     _check_choice, _check_int, check_conversation, extract_program, fetch_task_urls, from_cache, load_word_list, read_table, same_number,
-    spelling_conversation, spelling_word_pool, task_files, tasks_override_dir)
+    spelling_conversation, spelling_letter, spelling_word_pool, task_files, tasks_override_dir)
 
 # %% auto #0
 __all__ = ['SMOLTALK_REPO', 'SMOLTALK_FILES', 'MMLU_REPO', 'MMLU_LETTERS', 'ARC_REPO', 'GSM_ANSWER_RE', 'GSM8K_REPO',
@@ -23,11 +23,12 @@ __all__ = ['SMOLTALK_REPO', 'SMOLTALK_FILES', 'MMLU_REPO', 'MMLU_LETTERS', 'ARC_
            'GSM8K', 'HumanEval', 'SpellingBee', 'SyntheticSpelling', 'CustomJSON', 'IdentityConversations', 'HF_URL',
            'IDENTITY', 'IDENTITY_CONVERSATIONS', 'SPELLING_MODES', 'SPELLING_QUESTIONS', 'SPELLING_WORDS', 'WORDS_URL',
            'check_conversation', 'extract_program', 'fetch_task_urls', 'from_cache', 'load_word_list', 'read_table',
-           'same_number', 'spelling_conversation', 'spelling_word_pool', 'task_files', 'tasks_override_dir']
+           'same_number', 'spelling_conversation', 'spelling_letter', 'spelling_word_pool', 'task_files',
+           'tasks_override_dir']
 
 # %% ../nbs/09a_tasks.ipynb #8d9bc9c4
 _all_ = ["HF_URL", "IDENTITY", "IDENTITY_CONVERSATIONS", "SPELLING_MODES", "SPELLING_QUESTIONS", "SPELLING_WORDS", "WORDS_URL", "check_conversation",
-         "extract_program", "fetch_task_urls", "from_cache", "load_word_list", "read_table", "same_number", "spelling_conversation",
+         "extract_program", "fetch_task_urls", "from_cache", "load_word_list", "read_table", "same_number", "spelling_conversation", "spelling_letter",
          "spelling_word_pool", "task_files", "tasks_override_dir"]
 
 # %% ../nbs/09a_tasks.ipynb #07f90457
@@ -289,10 +290,10 @@ class HumanEval(TableTask):
 class SpellingBee(FinalAnswerTask):
     "`size` letter-counting conversations generated from a word list, deterministic in (seed, split, index)."
     def __init__(self, size: int = 1000, split: str = "train", mode: str = "both", words=None, seed: int = 0,
-                 data_dir=None, **kwargs):
+                 data_dir=None, balanced: bool = False, **kwargs):
         super().__init__(**kwargs)
         _check_int("size", size, 0); _check_choice("split", split, ("train", "test")); _check_choice("mode", mode, SPELLING_MODES)
-        self.size, self.split, self.mode, self.seed = int(size), split, mode, seed
+        self.size, self.split, self.mode, self.seed, self.balanced = int(size), split, mode, seed, balanced
         self.words = list(words) if words is not None else load_word_list(data_dir)
         if not self.words: raise ValueError("SpellingBee needs a non-empty word list")
 
@@ -301,14 +302,17 @@ class SpellingBee(FinalAnswerTask):
     def get_example(self, index: int) -> dict:
         r = random.Random(f"spelling/{self.seed}/{self.split}/{index}")   # str seeds are hashed the same in every process
         word = r.choice(self.words)
-        letter = r.choice(word) if r.random() < 0.9 else r.choice("abcdefghijklmnopqrstuvwxyz")
+        letter = spelling_letter(word, r, self.balanced)
         mode = r.choice(SPELLING_MODES[:3]) if self.mode == "mixed" else self.mode
         return spelling_conversation(word, letter, mode, r)
 
 class SyntheticSpelling(SpellingBee):
-    "SpellingBee over built-in words (no download), for CPU-sized SFT and RL; `wide` adds thousands of invented names."
-    def __init__(self, size: int = 1000, split: str = "train", mode: str = "mixed", seed: int = 0, wide: bool = False, **kwargs):
-        super().__init__(size, split, mode, spelling_word_pool() if wide else SPELLING_WORDS, seed, **kwargs)
+    """SpellingBee over built-in words (no download), for CPU-sized SFT and RL. Its defaults are what a small model can
+    learn: the short tool form, thousands of invented names besides the built-in words (`wide`, so it learns to copy a
+    word rather than recall a few), and balanced counts."""
+    def __init__(self, size: int = 1000, split: str = "train", mode: str = "tool", seed: int = 0, wide: bool = True,
+                 balanced: bool = True, **kwargs):
+        super().__init__(size, split, mode, spelling_word_pool() if wide else SPELLING_WORDS, seed, balanced=balanced, **kwargs)
 
 # %% ../nbs/09a_tasks.ipynb #4fe952ec
 class CustomJSON(Task):
