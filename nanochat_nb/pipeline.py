@@ -270,7 +270,10 @@ def walk_stages(stages: list[Stage], selected: list[str], base_dir, report, node
             if status == "done" and not force and not missing_artifacts(st, base_dir):
                 echo(f"[{st.name}] done already ({read_marker(base_dir, st.name)['seconds']:.0f}s), skipping"); out[st.name] = "skipped"
                 continue
-            if status == "changed": echo(f"[{st.name}] its inputs or flags changed since it last ran: running it again")
+            if status == "changed":
+                echo(f"[{st.name}] its inputs or flags changed since it last ran: running it again"
+                     + ("" if force or not artifact_files(st, base_dir) else
+                        f" (a training stage resumes from the checkpoint it left; to start it afresh: --from-stage {st.name} --force)"))
             if status in ("corrupt", "changed"):                  # a stage that runs again must not resume from a bad file
                 for rel, why in verify_artifacts(st, base_dir):
                     echo(f"[{st.name}] {rel} is {why}: removing it and running the stage again")

@@ -38,7 +38,7 @@ def preflight_settings(s: dict, hw: Hardware) -> tuple[dict, dict]:
     t = dict(s, num_iterations=PREFLIGHT_STEPS, save_every=PREFLIGHT_STEPS // 2, eval_every=-1, log_every=1, warmup_steps=1,
              total_batch_size=s["device_batch_size"] * s["max_seq_len"] * hw.world_size,
              eval_tokens=s["device_batch_size"] * s["max_seq_len"] * hw.world_size,
-             mid_iterations=2, sft_iterations=2, sft_spelling=20, eval_problems=2, eval_new_tokens=8, max_new_tokens=8, rl_steps=1)
+             mid_iterations=2, mid_spelling=20, sft_iterations=2, sft_spelling=20, eval_problems=2, eval_new_tokens=8, max_new_tokens=8, rl_steps=1)
     extra = {}
     if s["gpu"]:   # the GPU recipe's later stages have no size knobs in the preset: cap them with appended flags
         extra = dict(tok_train="--max-chars 20000000", tok_eval="--no-references",

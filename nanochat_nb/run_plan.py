@@ -78,13 +78,13 @@ PRESETS = {
                 depth=4, ratio=12, device_batch_size=16, fp8=False, mid=True, rl=True, assumed_mfu=None,
                 corpus_chars=20e6, shard_chars=5e6, tok_chars=5e6, vocab_size=4096, max_seq_len=256, window_pattern="L",
                 total_batch_size=4096, num_iterations=200, warmup_steps=20, eval_every=50, eval_tokens=16384,
-                save_every=50, log_every=10, mid_iterations=150, sft_iterations=200, sft_spelling=5000, eval_problems=200, eval_new_tokens=160,
+                save_every=50, log_every=10, mid_iterations=150, mid_spelling=5000, sft_iterations=200, sft_spelling=3000, eval_problems=200, eval_new_tokens=160,
                 max_new_tokens=96, rl_steps=16),
     "tiny": dict(about="the cpu preset shrunk further, for tests: depth 2, a 2M-char corpus, a few steps of everything",
                  depth=2, ratio=12, device_batch_size=4, fp8=False, mid=True, rl=True, assumed_mfu=None,
                  corpus_chars=2e6, shard_chars=0.5e6, tok_chars=0.5e6, vocab_size=1024, max_seq_len=128, window_pattern="L",
                  total_batch_size=512, num_iterations=12, warmup_steps=2, eval_every=6, eval_tokens=1024,
-                 save_every=6, log_every=4, mid_iterations=3, sft_iterations=4, sft_spelling=50, eval_problems=10, eval_new_tokens=16, max_new_tokens=16,
+                 save_every=6, log_every=4, mid_iterations=3, mid_spelling=50, sft_iterations=4, sft_spelling=50, eval_problems=10, eval_new_tokens=16, max_new_tokens=16,
                  rl_steps=2),
 }
 GPU_DEFAULTS = dict(vocab_size=32768, max_seq_len=2048, window_pattern="SSSL", total_batch_size=-1, num_iterations=-1,
@@ -170,7 +170,7 @@ def _chat_stages(s: dict, k: dict) -> list[Stage]:
     chat_common = ["--device-type", k["dev"], "--run", k["run"], *k["seed"]] + (["--tasks-dir", tasks_dir] if tasks_dir else [])
     if not s["gpu"]: chat_common += ["--mixture", "synthetic", "--eval-every", -1, "--eval-steps", 4, "--log-every", 10]
     mid = ["--stage", "mid", "--source", "base", "--model-tag", tag, "--output-tag", tag, *chat_common, *k["resume"]]
-    if not s["gpu"]: mid += ["--num-iterations", s["mid_iterations"], "--spelling-size", s["sft_spelling"]]
+    if not s["gpu"]: mid += ["--num-iterations", s["mid_iterations"], "--spelling-size", s["mid_spelling"]]
     src = "mid" if s["mid"] else "base"
     sft = ["--stage", "sft", "--source", src, "--model-tag", tag, "--output-tag", tag, *chat_common, *k["resume"]]
     if not s["gpu"]: sft += ["--num-iterations", s["sft_iterations"], "--spelling-size", s["sft_spelling"], "--identity-epochs", 1]
@@ -194,8 +194,8 @@ def _rl_stages(s: dict, k: dict) -> list[Stage]:
     else:
         # chapter 11's lessons: at this size a shaped reward is gamed (the answers shrink to a bare `#### n`), and RL on
         # arithmetic alone erases what it does not reward (the exam fell from 39% to 21% that way). A strict reward on
-        # a mixture of one-step arithmetic and identity / corpus-fact recall, at a fifth of the learning rate, lifts
-        # identity and arithmetic and keeps facts; letter counting, which this mixture does not reward, still drops.
+        # a mixture of one-step arithmetic, identity / corpus-fact recall and letter counting (each with its own
+        # checkable answer), at a fifth of the learning rate, keeps what SFT taught.
         rl = ["--task", "mixture", "--arith-level", "easy", "--arith-reward", "strict", "--num-steps", s["rl_steps"],
               "--examples-per-step", 4, "--num-samples", 8, "--init-lr-frac", 0.2, "--max-new-tokens", s["max_new_tokens"],
               "--temperature", 1.0, "--top-k", 50, "--device-batch-size", 8, "--eval-every", max(1, s["rl_steps"] // 2),
@@ -204,7 +204,7 @@ def _rl_stages(s: dict, k: dict) -> list[Stage]:
     rl_on = s["rl"] and chat_rl_available()
     why = "" if rl_on else ("off in this preset (--rl yes)" if not s["rl"] else "nanochat_nb.chat_rl is not installed")
     rev = ["-i", "rl", *k["ev"]] if not s["gpu"] else ["-i", "rl", "-a", "GSM8K", *k["ev"]]
-    return [Stage("chat_rl", f"RL on {'GSM8K' if s['gpu'] else 'arithmetic and recall, strict reward'}", [L("chat_rl", rl, "chat_rl")], deps=("chat_sft",),
+    return [Stage("chat_rl", f"RL on {'GSM8K' if s['gpu'] else 'arithmetic, recall and letters, strict reward'}", [L("chat_rl", rl, "chat_rl")], deps=("chat_sft",),
                   artifacts=(f"chatrl_checkpoints/{tag}/model_*.pt", f"chatrl_checkpoints/{tag}/meta_*.json"), enabled=rl_on, note=why),
             Stage("rl_eval", "evaluate the RL model", [L("chat_eval", rev, "chat_eval")], deps=("chat_rl",),
                   artifacts=(f"chat_eval/rl_{tag}_*.json",), enabled=rl_on, note=why)]
