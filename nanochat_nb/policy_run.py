@@ -26,7 +26,7 @@ class RlConfig:
     model_tag: str | None = None          # model tag of the source (default: the largest)
     step: int = -1                        # step of the source checkpoint (-1: its last)
     output_tag: str | None = None         # checkpoint folder of this run (default: the source's tag)
-    task: str = "gsm8k"                   # gsm8k (GPU) or arithmetic (the synthetic CPU stand-in)
+    task: str = "gsm8k"                   # gsm8k (GPU), arithmetic (its synthetic CPU stand-in) or mixture (arithmetic, recall, letters)
     num_steps: int = -1                   # optimizer steps (-1: one epoch over the training questions)
     examples_per_step: int = 16           # questions per step, across all ranks
     num_samples: int = 16                 # answers sampled per question
@@ -41,7 +41,7 @@ class RlConfig:
     pass_k: int = 8                       # k of pass@k (answers sampled per question: max(k, device batch))
     save_every: int = 60                  # checkpoint every N steps (-1: only at the end)
     reset_optimizer: bool = False         # do not warm-start the optimizer from the source checkpoint
-    arith_size: int = 2000                # training questions of --task arithmetic
+    arith_size: int = 2000                # training questions of --task arithmetic (and of mixture, split in three)
     arith_level: str = "mixed"            # --task arithmetic: mixed (1-3 steps) or easy (one addition or subtraction)
     arith_reward: str = "shaped"          # --task arithmetic: shaped (0.5 for any #### line) or strict (1 or 0)
     run: str = "dummy"                    # wandb run name ('dummy': no wandb)
