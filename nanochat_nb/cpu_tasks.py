@@ -13,7 +13,7 @@ from .tasks import (FinalAnswerTask, IDENTITY, Task, _chat, _check_choice, _chec
 # %% auto #0
 __all__ = ['BARE_ARITH_TEMPLATES', 'CPUCHAT_SKILLS', 'CPUCHAT_IDENTITY_PROMPTS', 'CPUCHAT_WORDS', 'NUMBER_RE',
            'CORPUS_FACT_KINDS', 'SyntheticArithmetic', 'BareArithmetic', 'final_number', 'grade_cpuchat',
-           'cpuchat_example', 'CPUChat', 'corpus_fact_turn', 'corpus_identity_prompts', 'fact_answer',
+           'cpuchat_example', 'CPUChat', 'corpus_fact_turn', 'corpus_identity_prompts', 'identity_turn', 'fact_answer',
            'make_corpus_chat', 'CorpusChat']
 
 # %% ../nbs/09aa_cpu_tasks.ipynb #017821b8
@@ -193,7 +193,13 @@ _CC_SMALL = [("How are you today?", "I am doing well, thank you for asking! How 
              ("Nice to meet you.", "Nice to meet you too! I am nanochat_nb."),
              ("I am bored.", "Let us do something fun: ask me to count the letters in a word, or about a town you like.")]
 _CC_IDENT = ["Who are you?", "What is your name?", "Introduce yourself.", "Who am I chatting with?", "What should I call you?",
-             "Are you a human?", "Are you ChatGPT?", "hello, who is this?"]
+             "Are you a human?", "Are you ChatGPT?", "hello, who is this?", "What's your name?", "Tell me about yourself.",
+             "Are you a robot?", "Who made you?", "Do you have a name?", "What kind of assistant are you?",
+             "Who am I speaking with?", "Are you an AI?", "What are you called?", "Are you Alexa?", "May I ask who you are?",
+             "What model is this?", "Is this a bot?", "Who is this?", "Are you a real person?", "Can you tell me who you are?"]
+_CC_GREET = ["Hi!", "Hello.", "Good evening!", "Hey!", "Good afternoon.", "Morning!", "Greetings!", "Hi again,", "Howdy!",
+             "Hello there,", "Hey there!", "Evening,", "Quick question:", "Just wondering,", "First things first:",
+             "Out of curiosity,", "Sorry to bother you, but", "One thing first:"]   # openers: "Good evening! Who are you?"
 
 def _cc_half(items: list, split: str) -> list:
     return items[0::2] if split == "train" else items[1::2]
@@ -215,8 +221,16 @@ def corpus_fact_turn(kind: str, r: random.Random, split: str, subject=None) -> t
 CORPUS_FACT_KINDS = tuple(_CC_Q)
 
 def corpus_identity_prompts(split: str) -> list[str]:
-    "The `split`'s half of the identity questions CorpusChat asks."
-    _check_choice("split", split, ("train", "test")); return _cc_half(_CC_IDENT, split)
+    """The identity questions CorpusChat asks in `split`: its half of the phrasings, bare and after each of its half of
+    the openers (a model that saw only four phrasings answered "Good morning! What is your name?" as small talk)."""
+    _check_choice("split", split, ("train", "test"))
+    qs = _cc_half(_CC_IDENT, split)
+    greeted = [f"{g} {q if g[-1] in '.!?:' else q[0].lower() + q[1:]}" for g in _cc_half(_CC_GREET, split) for q in qs if q[0].isupper()]
+    return qs + greeted
+
+def identity_turn(r: random.Random, split: str) -> tuple[str, str]:
+    "(question, answer): who the assistant is, asked in one of `split`'s phrasings, and the one answer."
+    return r.choice(corpus_identity_prompts(split)), f"I am {IDENTITY}."
 
 def fact_answer(kind: str, subject: str) -> tuple[str, str]:
     "How to grade an answer to a `corpus_fact_turn` question about `subject`: a CPUChat rule ('name' or 'number') and its answer."
@@ -232,7 +246,7 @@ def make_corpus_chat(r: random.Random, split: str = "train") -> dict:
     _check_choice("split", split, ("train", "test"))
     turns = []
     if r.random() < 0.3:
-        turns += [r.choice(_cc_half(_CC_IDENT, split)), f"I am {IDENTITY}."]
+        turns += list(identity_turn(r, split))
     kind = r.choice(list(_CC_Q))
     q, a, subj = corpus_fact_turn(kind, r, split)
     turns += [q, a]

@@ -122,10 +122,10 @@ def run_stages(stages: list[Stage], selected: list[str], base_dir, hw: Hardware,
 EXPECTED = {"cpu": {
     "base val bpb": (0.44, 0.67),
     "CORE (sample bundle)": (-0.37, 0.19),
-    "exam sft identity": (67.5, 100), "exam sft arithmetic": (77.5, 100), "exam sft letters": (40, 80),
-    "exam sft facts": (52.5, 75), "exam sft conversation": (55, 100),
-    "exam rl identity": (67.5, 100), "exam rl arithmetic": (70, 100), "exam rl letters": (37.5, 82.5),
-    "exam rl facts": (55, 77.5), "exam rl conversation": (57.5, 100),
+    "exam sft identity": (90, 100), "exam sft arithmetic": (85, 100), "exam sft letters": (65, 95),
+    "exam sft facts": (55, 80), "exam sft conversation": (35, 100),
+    "exam rl identity": (90, 100), "exam rl arithmetic": (85, 100), "exam rl letters": (65, 90),
+    "exam rl facts": (55, 80), "exam rl conversation": (35, 100),
 }}
 LOWER_IS_BETTER = ("bpb",)
 RL_KEEPS_POINTS = 5      # RL may cost a skill at most this many points of its SFT score

@@ -16,10 +16,10 @@ from .download import DownloadError, download_file
 from .dataset import lexicon
 
 # %% auto #0
-__all__ = ['HF_URL', 'SPELLING_WORDS', 'SPELLING_QUESTIONS', 'WORDS_URL', 'SPELLING_MODES', 'IDENTITY', 'IDENTITY_CONVERSATIONS',
-           'check_conversation', 'tasks_override_dir', 'fetch_task_urls', 'task_files', 'read_table', 'from_cache',
-           'same_number', 'extract_program', 'load_word_list', 'spelling_word_pool', 'spelling_letter',
-           'spelling_conversation']
+__all__ = ['HF_URL', 'SPELLING_WORDS', 'ENGLISH_WORDS', 'SPELLING_QUESTIONS', 'WORDS_URL', 'SPELLING_MODES', 'IDENTITY',
+           'IDENTITY_CONVERSATIONS', 'check_conversation', 'tasks_override_dir', 'fetch_task_urls', 'task_files',
+           'read_table', 'from_cache', 'same_number', 'extract_program', 'load_word_list', 'spelling_word_pool',
+           'spelling_letter', 'spelling_conversation']
 
 # %% ../nbs/09_task_data.ipynb #96e5d056
 def _check_int(name: str, value, low: int, allow_none: bool = False):
@@ -139,6 +139,23 @@ yesterday necessary accommodate occurrence embarrass millennium possession quest
 assessment parallel vacuum dilemma rhythm syllable alphabet grammar sentence paragraph dictionary encyclopedia
 programming algorithm variable function compiler database network internet software hardware processor memory""".split()
 
+ENGLISH_WORDS = """acorn admiral alarm album alley anchor ankle antler apron arcade archer armchair arrow artist attic autumn avenue
+badge bagel bamboo bandage banner barber bargain barley basin battery beacon beaver bedroom beetle bench biscuit
+blossom bonnet border bottle boulder bracelet branch breeze brick bridge broom bucket buckle bundle burrow butter
+cabin cactus camel canal canoe canvas captain caravan cargo carnival cattle cellar chalk chapel charcoal cheddar
+chimney chisel circus clover cobbler collar comet compass copper corner costume cotton cradle crayon cricket crown
+crystal cupboard curtain cushion dagger daisy dentist diamond dinner doctor donkey dragon drawer dungeon eagle
+engine envelope fabric falcon fence ferry fiddle finger fossil fountain freckle furnace gallery garage gazelle
+goblet goose gravel guitar hamlet helmet herring hockey honey hornet iceberg igloo ivory jungle kernel kitchen
+knapsack label leather lemonade lighthouse lizard lobster locket magnet mammoth maple marsh medal monkey mosaic
+muffin mustard napkin needle noodle nutmeg oatmeal office orchard otter oyster paddock palace pancake panther parcel
+pasture pelican pepperoni piano pickle pilgrim pillar pirate planet pocket poncho poodle porridge potter puddle
+pulley quarry quilt racket radish railway rainbow raisin rattle raven record riddle rocket rooster sailor salmon
+sandal satchel sausage scarf scooter seagull shadow shelter shovel silver skillet sleeve slipper snail socket
+soldier spider sponge spoon squash stable statue stirrup sugar suitcase sweater tablet teapot temple thistle thunder
+ticket tiger toffee tortoise towel tractor trumpet tulip turnip vessel violin waffle wagon walnut walrus wardrobe
+weasel whisker willow winter wizard wrench yogurt zebra zipper""".split()   # everyday words for the CPU run's drills (none is an exam word)
+
 SPELLING_QUESTIONS = ["How many {l} are in {w}?", "How many {l}s are in the word {w}?",
                       "How many times does the letter {l} appear in {w}?", "Count the letter {l} in the word {w}.",
                       "In the word {w}, how many {l}'s are there?", "how many {l} in {w}",
@@ -154,14 +171,17 @@ def load_word_list(data_dir=None, url: str = WORDS_URL, retries: int = 5, backof
     if not words: raise ValueError(f"{path} holds no usable words (one lowercase word per line expected)")
     return words
 
-@functools.lru_cache(maxsize=1)
-def spelling_word_pool(per_lexicon: int = 1500) -> tuple[str, ...]:
-    "`SPELLING_WORDS` plus the commonest invented town, river and surname names, lower-cased, 4 to 10 letters."
-    pool = dict.fromkeys(SPELLING_WORDS)
+@functools.lru_cache(maxsize=2)
+def spelling_word_pool(per_lexicon: int = 1500, real_share: float = 0.4) -> tuple[str, ...]:
+    """The commonest invented town, river and surname names (lower-cased, 4 to 10 letters) and the real words of
+    `SPELLING_WORDS` and `ENGLISH_WORDS`, the real ones repeated so that a uniform draw picks one `real_share` of the time."""
+    real = list(dict.fromkeys(SPELLING_WORDS + ENGLISH_WORDS))
+    names = {}
     for kind in ("town", "river", "surname"):
-        names = [w.lower() for w in lexicon(kind)[0] if 4 <= len(w) <= 10]
-        pool.update(dict.fromkeys(names[:per_lexicon]))
-    return tuple(pool)
+        names.update(dict.fromkeys([w.lower() for w in lexicon(kind)[0] if 4 <= len(w) <= 10][:per_lexicon]))
+    names = [w for w in names if w not in real]
+    copies = max(1, round(real_share * len(names) / ((1 - real_share) * len(real))))
+    return tuple(names + real * copies)
 
 # %% ../nbs/09_task_data.ipynb #19238773
 SPELLING_MODES = ("manual", "tool", "both", "mixed")
@@ -193,8 +213,8 @@ def spelling_conversation(word: str, letter: str, mode: str, r: random.Random) -
         parts.append({"type": "text", "text": f"Let me spell out {name} one letter at a time and count the '{letter}'s.\n\n"
                       + "\n".join(lines) + f"\n\nBy hand I count {count}."})
     if mode in ("tool", "both"):
-        lead = "\n\nLet me double-check with Python:\n\n" if mode == "both" else f"I will count the '{letter}'s in {name} with Python:\n\n"
-        parts += [{"type": "text", "text": lead}, {"type": "python", "text": f"{literal}.count('{letter}')"},
+        lead = [{"type": "text", "text": "\n\nLet me double-check with Python:\n\n"}] if mode == "both" else []   # 'tool' calls first
+        parts += [*lead, {"type": "python", "text": f"{literal}.count('{letter}')"},
                   {"type": "python_output", "text": str(count)},
                   {"type": "text", "text": f"\n\nPython also finds {count}." if mode == "both" else f"\n\nPython finds {count}."}]
     parts.append({"type": "text", "text": f"\n\nThe letter '{letter}' appears {count} time{'s' * (count != 1)} in {name}.\n\n#### {count}"})

@@ -308,8 +308,8 @@ class SpellingBee(FinalAnswerTask):
 
 class SyntheticSpelling(SpellingBee):
     """SpellingBee over built-in words (no download), for CPU-sized SFT and RL. Its defaults are what a small model can
-    learn: the short tool form, thousands of invented names besides the built-in words (`wide`, so it learns to copy a
-    word rather than recall a few), and balanced counts."""
+    learn: the short tool form, thousands of invented names and a few hundred everyday words (`wide`, so it learns to
+    copy a word rather than recall a few), and balanced counts."""
     def __init__(self, size: int = 1000, split: str = "train", mode: str = "tool", seed: int = 0, wide: bool = True,
                  balanced: bool = True, **kwargs):
         super().__init__(size, split, mode, spelling_word_pool() if wide else SPELLING_WORDS, seed, balanced=balanced, **kwargs)
