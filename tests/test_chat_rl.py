@@ -28,7 +28,7 @@ def prepared(tmp_path_factory):
         train(depth=2, head_dim=32, max_seq_len=256, window_pattern="L", device_batch_size=8, total_batch_size=2048,
               num_iterations=20, warmup_steps=2, eval_every=-1, eval_tokens=2048, sample_every=-1, device_type="cpu",
               data_dir=base / "data", tokenizer_dir=base / "tokenizer", base_dir=base, log_every=0)
-        train_sft(mixture="synthetic", arith_size=400, identity_epochs=0, num_iterations=30, eval_every=-1, eval_steps=1,
+        train_sft(mixture="synthetic", arith_size=400, identity_epochs=0, chat_size=0, num_iterations=30, eval_every=-1, eval_steps=1,
                   device_type="cpu", base_dir=base, log_every=0)
     finally:
         torch.set_num_threads(threads)
